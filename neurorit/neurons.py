@@ -1,0 +1,158 @@
+"""Neuron sets: selecting neurons from attribution scores and the set algebra over them.
+
+Owns: `NeuronSet` (a boolean layer x neuron grid with | & - algebra and per-layer counts),
+`SelectionRule` (per-example threshold or top-k, then support across examples), `select_neurons`,
+and `MinedNeurons` (the relevant / irrelevant sets and their exclusive and shared parts), saved
+and loaded as artifacts. Must not: run models (see attribution.py and mining.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import torch
+
+from neurorit import store
+from neurorit.configs import from_dict, to_dict
+from neurorit.errors import ArtifactError, ConfigError, ModelMismatchError
+from neurorit.types import NeuronGrid, NeuronMaskGrid
+
+
+@dataclass(frozen=True, eq=False)
+class NeuronSet:
+    """A set of neurons `(layer, index)` over an n_layers x d_mlp grid."""
+
+    grid: NeuronMaskGrid
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.grid.dtype != torch.bool or self.grid.ndim != 2:
+            raise ConfigError(
+                f"NeuronSet.grid must be a 2-d bool tensor [n_layers, d_mlp], got "
+                f"{self.grid.dtype} {tuple(self.grid.shape)}."
+            )
+
+    @classmethod
+    def empty(cls, n_layers: int, d_mlp: int, label: str = "") -> "NeuronSet":
+        return cls(torch.zeros(n_layers, d_mlp, dtype=torch.bool), label)
+
+    @classmethod
+    def from_neurons(
+        cls, neurons: Iterable[tuple[int, int]], n_layers: int, d_mlp: int, label: str = ""
+    ) -> "NeuronSet":
+        grid = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
+        for layer, index in neurons:
+            if not (0 <= layer < n_layers and 0 <= index < d_mlp):
+                raise ConfigError(
+                    f"neuron ({layer}, {index}) is outside the grid of {n_layers} layers x {d_mlp} neurons."
+                )
+            grid[layer, index] = True
+        return cls(grid, label)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.grid.shape[0]), int(self.grid.shape[1]))
+
+    def _check(self, other: "NeuronSet") -> None:
+        if self.shape != other.shape:
+            raise ModelMismatchError(
+                f"neuron sets have different shapes {self.shape} and {other.shape}: mined on different models?"
+            )
+
+    def __or__(self, other: "NeuronSet") -> "NeuronSet":
+        self._check(other)
+        return NeuronSet(self.grid | other.grid, f"({self.label} | {other.label})")
+
+    def __and__(self, other: "NeuronSet") -> "NeuronSet":
+        self._check(other)
+        return NeuronSet(self.grid & other.grid, f"({self.label} & {other.label})")
+
+    def __sub__(self, other: "NeuronSet") -> "NeuronSet":
+        self._check(other)
+        return NeuronSet(self.grid & ~other.grid, f"({self.label} - {other.label})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NeuronSet) and self.shape == other.shape and bool(torch.equal(self.grid, other.grid))
+
+    def __len__(self) -> int:
+        return int(self.grid.sum())
+
+    def __contains__(self, neuron: tuple[int, int]) -> bool:
+        layer, index = neuron
+        return bool(self.grid[layer, index])
+
+    def counts_per_layer(self) -> list[int]:
+        return [int(c) for c in self.grid.sum(dim=1)]
+
+    def neurons(self) -> list[tuple[int, int]]:
+        return [(int(l), int(i)) for l, i in self.grid.nonzero().tolist()]
+
+    def relabel(self, label: str) -> "NeuronSet":
+        return NeuronSet(self.grid, label)
+
+
+SelectionMode = Literal["relative", "top_k"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectionRule:
+    """Which neurons an example selects, and how many examples must agree.
+
+    mode "relative": keep neurons with score >= threshold x the example's maximum score
+    (Knowledge Neurons / IRCAN use 0.2). mode "top_k": keep the k highest-scoring neurons.
+    support: keep neurons selected in at least this fraction of the examples (METHOD.md: 0.5).
+    """
+
+    mode: SelectionMode = "relative"  # METHOD.md default
+    threshold: float = 0.2  # Knowledge Neurons' relative threshold
+    top_k: int = 100
+    support: float = 0.5  # METHOD.md: selected in >= half of the examples
+    use_abs: bool = False  # rank by |score| instead of signed score
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("relative", "top_k"):
+            raise ConfigError.field("SelectionRule", "mode", self.mode, "'relative' or 'top_k'")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError.field("SelectionRule", "threshold", self.threshold, "a number in (0, 1]")
+        if self.top_k < 1:
+            raise ConfigError.field("SelectionRule", "top_k", self.top_k, "an integer >= 1")
+        if not 0.0 < self.support <= 1.0:
+            raise ConfigError.field("SelectionRule", "support", self.support, "a fraction in (0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SelectionRule":
+        return from_dict(cls, data)
+
+
+def select_example(scores: NeuronGrid, rule: SelectionRule) -> NeuronMaskGrid:
+    """The neurons one example selects under the rule (before aggregation)."""
+    values = scores.abs() if rule.use_abs else scores
+    if rule.mode == "top_k":
+        k = min(rule.top_k, values.numel())
+        flat = torch.zeros(values.numel(), dtype=torch.bool)
+        flat[values.reshape(-1).topk(k).indices] = True
+        return flat.view_as(values) & (values > 0)
+    peak = values.max()
+    if peak <= 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    return values >= rule.threshold * peak
+
+
+def selection_frequency(grids: Sequence[NeuronGrid], rule: SelectionRule) -> NeuronGrid:
+    """Per neuron, the fraction of examples that select it."""
+    if not grids:
+        raise ConfigError("select_neurons needs at least one example's scores, got none.")
+    stacked = torch.stack([select_example(g.float().cpu(), rule) for g in grids])  # [example, n_layers, d_mlp]
+    return stacked.float().mean(dim=0)
+
+
+def select_neurons(grids: Sequence[NeuronGrid], rule: SelectionRule, label: str = "") -> NeuronSet:
+    """Neurons selected in at least `rule.support` of the examples."""
+    freq = selection_frequency(grids, rule)
+    return NeuronSet(freq >= rule.support - 1e-9, label)

@@ -1,0 +1,71 @@
+"""Where neurons live, per architecture: the one table that spells hook names and weight paths.
+
+Owns: for each supported Hugging Face architecture, the TransformerLens hook that carries the MLP
+hidden activation (the neuron) and the Hugging Face weight that reads it (the output projection).
+Must not: load models or run them. Nothing else in neurorit writes a hook name or a weight path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from neurorit.errors import ModelLoadError
+
+
+@dataclass(frozen=True)
+class NeuronSite:
+    """How to reach the neurons of one architecture.
+
+    hook: TransformerLens hook name template of the neuron activations (`{layer}` is filled in).
+    down_proj: Hugging Face parameter name template of the weight that reads the neurons.
+    neuron_axis: the axis of that weight indexed by neuron (1 for nn.Linear [d_model, d_mlp],
+        0 for GPT-2's Conv1D [d_mlp, d_model]).
+    """
+
+    hook: str
+    down_proj: str
+    neuron_axis: int
+
+    def hook_name(self, layer: int) -> str:
+        return self.hook.format(layer=layer)
+
+    def down_proj_name(self, layer: int) -> str:
+        return self.down_proj.format(layer=layer)
+
+
+_LLAMA_LIKE = NeuronSite(
+    hook="blocks.{layer}.mlp.hook_post",
+    down_proj="model.layers.{layer}.mlp.down_proj.weight",
+    neuron_axis=1,
+)
+
+SITES: dict[str, NeuronSite] = {
+    "LlamaForCausalLM": _LLAMA_LIKE,
+    "MistralForCausalLM": _LLAMA_LIKE,
+    "Qwen2ForCausalLM": _LLAMA_LIKE,
+    "Qwen3ForCausalLM": _LLAMA_LIKE,
+    "GemmaForCausalLM": _LLAMA_LIKE,
+    "Gemma2ForCausalLM": _LLAMA_LIKE,
+    "OlmoForCausalLM": _LLAMA_LIKE,
+    "GPT2LMHeadModel": NeuronSite(
+        hook="blocks.{layer}.mlp.hook_post",
+        down_proj="transformer.h.{layer}.mlp.c_proj.weight",
+        neuron_axis=0,
+    ),
+    "GPTNeoXForCausalLM": NeuronSite(
+        hook="blocks.{layer}.mlp.hook_post",
+        down_proj="gpt_neox.layers.{layer}.mlp.dense_4h_to_h.weight",
+        neuron_axis=1,
+    ),
+}
+
+
+def site_for(architecture: str) -> NeuronSite:
+    """The neuron site of an architecture, or a clear error listing the supported ones."""
+    try:
+        return SITES[architecture]
+    except KeyError:
+        raise ModelLoadError(
+            f"architecture {architecture!r} has no neuron site in neurorit; supported: "
+            f"{sorted(SITES)}. Add a row to neurorit/sites.py:SITES to support it."
+        ) from None

@@ -1,0 +1,107 @@
+"""The artifact cache on disk.
+
+Owns: where `cache/` is, the folder of an artifact kind and key, and writing files so that a
+crash never leaves a half-written artifact (write to a temporary name, then rename). Must not:
+know what an artifact contains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from neurorit.errors import ArtifactError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_root() -> Path:
+    """`$NEURORIT_CACHE`, else `cache/` beside the package."""
+    return Path(os.environ.get("NEURORIT_CACHE", PROJECT_ROOT / "cache"))
+
+
+def artifact_dir(kind: str, key: str) -> Path:
+    """The folder of one artifact: `cache/<kind>/<key>/` (not created)."""
+    return cache_root() / kind / key
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary name and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: expected a JSON artifact file there.")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); delete it and rebuild.") from exc
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save tensors as safetensors through a temporary name and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; never unpickles, refuses anything else with a clear message."""
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: expected a safetensors file there.")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head[:2] == b"\x80\x02" or head[:1] == b"\x80" or head[:2] == b"PK":
+        raise ArtifactError(
+            f"{path} looks like a pickle/zip (torch.save) file, not safetensors; neurorit never "
+            "unpickles. Re-export it with neurorit or safetensors.torch.save_file."
+        )
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or corrupt."
+        ) from exc

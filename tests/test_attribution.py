@@ -1,0 +1,109 @@
+"""IG against captum (an independent implementation), the completeness axiom, and config checks."""
+
+import pytest
+import torch
+
+from neurorit.attribution import MiningConfig, attribute_neurons, preview_neurons, quadrature_rule
+from neurorit.configs import from_dict, to_dict
+from neurorit.errors import ConfigError
+from neurorit.reference import captum_layer_ig
+
+
+def _ids(tokenizer, prompt: str, answer: str):
+    return tokenizer(prompt).input_ids, tokenizer(answer, add_special_tokens=False).input_ids
+
+
+def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("quadrature", ["midpoint", "gauss_legendre"])
+@pytest.mark.parametrize("baseline", ["zero", "no_context"])
+def test_last_position_ig_matches_captum(tiny_model, tokenizer, quadrature, baseline):
+    prompt, answer = _ids(tokenizer, "Passage: the sky over Paris is blue today. Question: what colour is the sky? Answer:", " blue sky")
+    closed = tokenizer("Question: what colour is the sky? Answer:").input_ids
+    config = MiningConfig(n_steps=7, quadrature=quadrature, baseline=baseline, max_rows_per_pass=5)
+    scores = attribute_neurons(tiny_model, prompt, answer, config, baseline_ids=closed)
+    for layer in range(tiny_model.cfg.n_layers):
+        base = None
+        if baseline == "no_context":
+            from neurorit.attribution import _baseline_acts
+
+            base = _baseline_acts(tiny_model, [layer], tiny_model.cfg.d_mlp, config, closed)[layer]
+        ref = captum_layer_ig(tiny_model, prompt, answer, layer, config, baseline=base)
+        assert _rel(scores.scores[layer], ref) < 1e-5
+
+
+@pytest.mark.parametrize("target", ["answer", "first_token"])
+def test_all_position_ig_matches_captum(tiny_model, tokenizer, target):
+    prompt, answer = _ids(tokenizer, "Passage: water boils at one hundred degrees. Question: when does water boil?", " at 100 degrees")
+    config = MiningConfig(n_steps=5, positions="all", target=target, max_rows_per_pass=4)
+    scores = attribute_neurons(tiny_model, prompt, answer, config)
+    targets = answer[:1] if target == "first_token" else answer
+    for layer in range(tiny_model.cfg.n_layers):
+        ref = captum_layer_ig(tiny_model, prompt, targets, layer, config)
+        assert _rel(scores.scores[layer], ref) < 1e-5
+
+
+def test_completeness_gap_small_with_20_midpoint_steps(tiny_model, tokenizer):
+    prompt, answer = _ids(tokenizer, "Passage: Rome is the capital of Italy. Question: capital of Italy?", " Rome")
+    scores = attribute_neurons(tiny_model, prompt, answer, MiningConfig(n_steps=20))
+    assert scores.max_relative_gap() < 0.01
+    # the gap is measured, not assumed: with one step it is clearly larger
+    coarse = attribute_neurons(tiny_model, prompt, answer, MiningConfig(n_steps=1))
+    assert coarse.max_relative_gap() > scores.max_relative_gap()
+
+
+def test_chunking_does_not_change_scores(tiny_llama, tokenizer):
+    prompt, answer = _ids(tokenizer, "Passage: cats purr when content. Question: what do cats do?", " they purr")
+    a = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=6, max_rows_per_pass=1))
+    b = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=6, max_rows_per_pass=100))
+    torch.testing.assert_close(a.scores, b.scores, rtol=1e-5, atol=1e-7)
+
+
+def test_layer_subset_only_scores_those_layers(tiny_llama, tokenizer):
+    prompt, answer = _ids(tokenizer, "Question: what is two plus two? Answer:", " four")
+    scores = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=4, layers=(1,)))
+    assert scores.layers == (1,)
+    assert torch.count_nonzero(scores.scores[0]) == 0 and torch.count_nonzero(scores.scores[1]) > 0
+    assert torch.isnan(scores.gap[0]) and not torch.isnan(scores.gap[1])
+
+
+def test_preview_is_gradient_times_activation(tiny_llama, tokenizer):
+    prompt, answer = _ids(tokenizer, "Question: name a red fruit. Answer:", " apple")
+    preview = preview_neurons(tiny_llama, prompt, answer, MiningConfig())
+    # one midpoint step at alpha=1 is the same estimate (gradient at the real activation)
+    ig_at_end = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=1))
+    assert preview.method == "preview" and preview.scores.shape == ig_at_end.scores.shape
+    assert torch.corrcoef(torch.stack([preview.scores.flatten(), ig_at_end.scores.flatten()]))[0, 1] > 0.5
+
+
+def test_quadrature_weights_integrate_polynomials_exactly():
+    for rule in ("midpoint", "gauss_legendre"):
+        alphas, weights = quadrature_rule(10, rule)
+        torch.testing.assert_close(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+        torch.testing.assert_close((weights * alphas).sum(), torch.tensor(0.5, dtype=torch.float64))
+    alphas, weights = quadrature_rule(4, "gauss_legendre")
+    torch.testing.assert_close((weights * alphas**7).sum(), torch.tensor(1 / 8, dtype=torch.float64))
+
+
+def test_mining_config_round_trip_and_errors():
+    config = MiningConfig(layers=(3, 1, 1), n_steps=10, quadrature="gauss_legendre")
+    assert config.layers == (1, 3)
+    assert from_dict(MiningConfig, to_dict(config)) == config
+    assert MiningConfig(max_rows_per_pass=8).key() == MiningConfig(max_rows_per_pass=99).key()
+    assert MiningConfig(n_steps=8).key() != MiningConfig(n_steps=9).key()
+    with pytest.raises(ConfigError, match="n_steps"):
+        MiningConfig(n_steps=0)
+    with pytest.raises(ConfigError, match="baseline"):
+        MiningConfig(baseline="mean")
+    with pytest.raises(ConfigError, match="no_context"):
+        MiningConfig(baseline="no_context", positions="all")
+    with pytest.raises(ConfigError, match="unknown field"):
+        from_dict(MiningConfig, {"steps": 3})
+
+
+def test_layers_outside_the_model_are_refused(tiny_llama, tokenizer):
+    prompt, answer = _ids(tokenizer, "Question: hi? Answer:", " hello")
+    with pytest.raises(ConfigError, match="has 2 layers"):
+        attribute_neurons(tiny_llama, prompt, answer, MiningConfig(layers=(5,)))

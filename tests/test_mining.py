@@ -1,0 +1,58 @@
+"""Dataset mining on a tiny model: caching, set relations, skipped examples, round trips."""
+
+import pytest
+import torch
+
+from neurorit.attribution import MiningConfig
+from neurorit.data import Passage, RagExample, demo_examples
+from neurorit.errors import DataError
+from neurorit.mining import MinedNeurons, mine, mined_dir, score_example
+from neurorit.neurons import SelectionRule
+from neurorit.prompts import PromptConfig
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURORIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_mine_builds_consistent_sets_and_caches(tiny_llama, isolated_cache):
+    examples = demo_examples()[:3]
+    config = MiningConfig(n_steps=4)
+    prompts = PromptConfig(n_distractors=2)
+    calls = []
+    mined = mine(tiny_llama, examples, config, SelectionRule(support=0.5), prompts,
+                 on_progress=lambda d, t, m: calls.append((d, t)))
+    assert calls[-1] == (3, 3)
+    assert mined.irrelevant_exclusive == mined.irrelevant - mined.relevant
+    assert len(mined.relevant_exclusive) + len(mined.shared) == len(mined.relevant)
+    assert mined.example_ids == tuple(e.id for e in examples)
+    assert (isolated_cache / "scores").is_dir() and len(list((isolated_cache / "scores").iterdir())) == 6
+    # a rerun reads the cache: same result, no new score folders
+    again = mine(tiny_llama, examples, config, SelectionRule(support=0.5), prompts)
+    assert again.relevant == mined.relevant and again.irrelevant == mined.irrelevant
+    loaded = MinedNeurons.load(mined_dir(mined), tiny_llama)
+    assert loaded.irrelevant_exclusive == mined.irrelevant_exclusive
+    torch.testing.assert_close(loaded.relevant_frequency, mined.relevant_frequency)
+
+
+def test_cached_scores_equal_fresh_scores(tiny_llama, isolated_cache):
+    example = demo_examples()[0]
+    config, prompts = MiningConfig(n_steps=3), PromptConfig(n_distractors=1)
+    fresh = score_example(tiny_llama, example, "irrelevant", config, prompts, use_cache=False)
+    score_example(tiny_llama, example, "irrelevant", config, prompts)
+    cached = score_example(tiny_llama, example, "irrelevant", config, prompts)
+    torch.testing.assert_close(cached.scores, fresh.scores)
+    assert cached.example_id == example.id and cached.view == "irrelevant"
+
+
+def test_examples_without_a_view_are_skipped_and_all_missing_is_an_error(tiny_llama, isolated_cache):
+    good = demo_examples()[0]
+    only_relevant = RagExample(id="x1", question="Who?", answers=("Ann",), passages=(Passage("Ann did it.", relevant=True),))
+    mined = mine(tiny_llama, [good, only_relevant], MiningConfig(n_steps=2), SelectionRule(), PromptConfig(n_distractors=1))
+    assert mined.provenance["skipped"] == ["x1"]
+    with pytest.raises(DataError, match="none of the 1 examples"):
+        mine(tiny_llama, [only_relevant], MiningConfig(n_steps=2), SelectionRule(), PromptConfig())
+    with pytest.raises(DataError, match="no examples"):
+        mine(tiny_llama, [], MiningConfig(), SelectionRule(), PromptConfig())

@@ -22,6 +22,7 @@ once and only blocks L.. run for the batched quadrature steps.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class MiningConfig:
     quadrature: Quadrature = "midpoint"
     max_rows_per_pass: int = 64  # copies folded into one pass (bounds memory)
     own_answer_max_tokens: int = 8  # target "own_answer": greedy tokens generated as the target
+    refine_gap: float | None = None  # re-integrate layers whose relative gap exceeds this with 2x steps
+    max_steps: int = 320  # ceiling for refinement
 
     def __post_init__(self) -> None:
         if self.baseline not in ("zero", "no_context"):
@@ -80,6 +83,10 @@ class MiningConfig:
             raise ConfigError.field(
                 "MiningConfig", "own_answer_max_tokens", self.own_answer_max_tokens, "an integer >= 1"
             )
+        if self.refine_gap is not None and not self.refine_gap > 0:
+            raise ConfigError.field("MiningConfig", "refine_gap", self.refine_gap, "None or a positive fraction")
+        if self.max_steps < self.n_steps:
+            raise ConfigError.field("MiningConfig", "max_steps", self.max_steps, f"an integer >= n_steps ({self.n_steps})")
         if self.layers is not None:
             if not self.layers or any((not isinstance(l, int)) or l < 0 for l in self.layers):
                 raise ConfigError.field("MiningConfig", "layers", self.layers, "None or non-empty layer indices >= 0")
@@ -116,6 +123,9 @@ def quadrature_rule(n_steps: int, rule: Quadrature) -> tuple[Tensor, Tensor]:
     return alphas, weights
 
 
+GAP_FLOOR = 0.05  # nats: the smallest |f(x) - f(x')| a relative completeness gap is measured against
+
+
 @dataclass(frozen=True, eq=False)
 class NeuronScores:
     """IG scores of one prompt: [n_layers, d_mlp] (zero on layers not attributed) + health.
@@ -136,8 +146,12 @@ class NeuronScores:
 
     @property
     def relative_gap(self) -> LayerVector:
-        """|gap| / |f(x) - f(x')| per layer (NaN where not attributed)."""
-        delta = (self.f_input - self.f_baseline).abs().clamp_min(1e-12)
+        """|gap| / max(|f(x) - f(x'_L)|, GAP_FLOOR) per layer (NaN where not attributed).
+
+        The floor keeps layers whose scaling barely moves f (|delta| < 0.05 nats) from reading as
+        unhealthy because of a near-zero denominator.
+        """
+        delta = (self.f_input - self.f_baseline).abs().clamp_min(GAP_FLOOR)
         return self.gap.abs() / delta
 
     def max_relative_gap(self) -> float:
@@ -278,24 +292,48 @@ def attribute_neurons(
     device = next(model.parameters()).device
     prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=device)
     layers = _resolve_layers(model, config)
+    n_layers = int(model.cfg.n_layers)
+    steps = {layer: config.n_steps for layer in layers}
     with frozen(model), torch.inference_mode(False):
         targets = _target_tokens(model, prompt, answer_ids, config).to(device)
-        if config.positions == "last":
-            grid, f_x, f_base = _ig_last_position(model, prompt, targets, layers, config, baseline_ids, on_progress)
-        else:
-            grid, f_x, f_base = _ig_all_positions(model, prompt, targets, layers, config, on_progress)
-    n_layers = int(model.cfg.n_layers)
+
+        def integrate(subset: tuple[int, ...], n_steps: int) -> tuple[Tensor, float, dict[int, float]]:
+            sub = dataclasses.replace(config, n_steps=n_steps)
+            if config.positions == "last":
+                return _ig_last_position(model, prompt, targets, subset, sub, baseline_ids, on_progress)
+            return _ig_all_positions(model, prompt, targets, subset, sub, on_progress)
+
+        grid, f_x, f_base = integrate(layers, config.n_steps)
+        gap = _gaps(grid, f_x, f_base, layers, n_layers)
+        while config.refine_gap is not None:
+            delta = (f_x - torch.tensor([f_base.get(l, f_x) for l in range(n_layers)])).abs().clamp_min(GAP_FLOOR)
+            todo = tuple(l for l in layers if float(gap[l].abs() / delta[l]) > config.refine_gap
+                         and steps[l] * 2 <= config.max_steps)
+            if not todo:
+                break
+            n_steps = max(steps[l] for l in todo) * 2
+            finer, _, finer_base = integrate(todo, n_steps)
+            for layer in todo:
+                grid[layer], f_base[layer], steps[layer] = finer[layer], finer_base[layer], n_steps
+            gap = _gaps(grid, f_x, f_base, layers, n_layers)
     f_baseline = torch.full((n_layers,), float("nan"), dtype=torch.float64)
-    gap = torch.full((n_layers,), float("nan"), dtype=torch.float64)
     for layer in layers:
         f_baseline[layer] = f_base[layer]
-        gap[layer] = grid[layer].double().sum() - (f_x - f_base[layer])
     cfg = config.to_dict()
     cfg["target_ids"] = targets.tolist()
+    cfg["steps_per_layer"] = {str(l): n for l, n in steps.items() if n != config.n_steps}
     return NeuronScores(
         scores=grid.float().cpu(), layers=layers, f_input=f_x, f_baseline=f_baseline, gap=gap,
         example_id=example_id, view=view, method="ig", config=cfg,
     )
+
+
+def _gaps(grid: Tensor, f_x: float, f_base: dict[int, float], layers: Sequence[int], n_layers: int) -> Tensor:
+    """Completeness gap per layer: sum of scores - (f(x) - f(x'_L)); NaN where not attributed."""
+    gap = torch.full((n_layers,), float("nan"), dtype=torch.float64)
+    for layer in layers:
+        gap[layer] = grid[layer].double().sum() - (f_x - f_base[layer])
+    return gap
 
 
 def _baseline_acts(
@@ -509,6 +547,6 @@ def preview_neurons(
     for layer, g in zip(layers, grads):
         grid[layer] = ((acts[layer].detach() - base[layer].to(device)).double() * g.double()).cpu()
     return NeuronScores(
-        scores=grid.float(), layers=layers, f_input=float(f), f_baseline=nan.clone(), gap=nan.clone(),
+        scores=grid.float(), layers=layers, f_input=float(f.detach()), f_baseline=nan.clone(), gap=nan.clone(),
         example_id=example_id, view=view, method="preview", config=config.to_dict(),
     )

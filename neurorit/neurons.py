@@ -111,6 +111,7 @@ class SelectionRule:
     top_k: int = 100
     support: float = 0.5  # METHOD.md: selected in >= half of the examples
     use_abs: bool = False  # rank by |score| instead of signed score
+    scope: Literal["example", "layer"] = "example"  # relative threshold / top-k over the whole example or per layer
 
     def __post_init__(self) -> None:
         if self.mode not in ("relative", "top_k"):
@@ -119,6 +120,8 @@ class SelectionRule:
             raise ConfigError.field("SelectionRule", "threshold", self.threshold, "a number in (0, 1]")
         if self.top_k < 1:
             raise ConfigError.field("SelectionRule", "top_k", self.top_k, "an integer >= 1")
+        if self.scope not in ("example", "layer"):
+            raise ConfigError.field("SelectionRule", "scope", self.scope, "'example' or 'layer'")
         if not 0.0 < self.support <= 1.0:
             raise ConfigError.field("SelectionRule", "support", self.support, "a fraction in (0, 1]")
 
@@ -131,8 +134,18 @@ class SelectionRule:
 
 
 def select_example(scores: NeuronGrid, rule: SelectionRule) -> NeuronMaskGrid:
-    """The neurons one example selects under the rule (before aggregation)."""
+    """The neurons one example selects under the rule (before aggregation).
+
+    scope "example": one threshold (or one top-k) over all layers; scope "layer": each layer on its
+    own (useful where a few layers, such as layer 0 against a zero baseline, dwarf the rest).
+    """
     values = scores.abs() if rule.use_abs else scores
+    if rule.scope == "layer":
+        return torch.stack([_select(row[None], rule)[0] for row in values])
+    return _select(values, rule)
+
+
+def _select(values: NeuronGrid, rule: SelectionRule) -> NeuronMaskGrid:
     if rule.mode == "top_k":
         k = min(rule.top_k, values.numel())
         flat = torch.zeros(values.numel(), dtype=torch.bool)

@@ -93,8 +93,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ArtifactError(f"{path} is missing: expected a safetensors file there.")
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head[:2] == b"\x80\x02" or head[:1] == b"\x80" or head[:2] == b"PK":
+        head = fh.read(9)
+    is_safetensors = len(head) == 9 and head[8:9] == b"{"  # u64 header length, then the JSON header
+    if not is_safetensors and (head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))):
         raise ArtifactError(
             f"{path} looks like a pickle/zip (torch.save) file, not safetensors; neurorit never "
             "unpickles. Re-export it with neurorit or safetensors.torch.save_file."

@@ -107,3 +107,27 @@ def test_layers_outside_the_model_are_refused(tiny_llama, tokenizer):
     prompt, answer = _ids(tokenizer, "Question: hi? Answer:", " hello")
     with pytest.raises(ConfigError, match="has 2 layers"):
         attribute_neurons(tiny_llama, prompt, answer, MiningConfig(layers=(5,)))
+
+
+def test_refinement_meets_the_gap_it_asks_for(tiny_llama, tokenizer):
+    prompt, answer = _ids(tokenizer, "Passage: the Nile flows north. Question: which way does the Nile flow?", " north")
+    coarse = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=1))
+    assert coarse.max_relative_gap() > 1e-4
+    refined = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=1, refine_gap=1e-4, max_steps=512))
+    assert refined.max_relative_gap() <= 1e-4
+    assert refined.config["steps_per_layer"]  # some layer needed more steps
+    # refined scores equal a direct run at the step count refinement settled on
+    layer, steps = next(iter(refined.config["steps_per_layer"].items()))
+    direct = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=steps))
+    torch.testing.assert_close(refined.scores[int(layer)], direct.scores[int(layer)], rtol=1e-5, atol=1e-7)
+
+
+def test_own_answer_target_attributes_the_generated_tokens(tiny_llama, tokenizer):
+    from neurorit.evaluation import generate_tokens
+
+    prompt, answer = _ids(tokenizer, "Question: what is the colour of grass? Answer:", " green")
+    own = generate_tokens(tiny_llama, prompt, max_new_tokens=3)
+    scores = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=4, target="own_answer", own_answer_max_tokens=3))
+    assert scores.config["target_ids"] == own
+    direct = attribute_neurons(tiny_llama, prompt, own, MiningConfig(n_steps=4))
+    torch.testing.assert_close(scores.scores, direct.scores)

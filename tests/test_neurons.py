@@ -64,3 +64,13 @@ def test_rule_validation():
         SelectionRule(support=0.0)
     with pytest.raises(ConfigError, match="mode"):
         SelectionRule(mode="bottom")
+
+
+def test_layer_scope_thresholds_each_layer_on_its_own():
+    scores = torch.tensor([[100.0, 30.0, 1.0], [2.0, 1.0, 0.1]])
+    whole = select_example(scores, SelectionRule(threshold=0.2))
+    assert whole.tolist() == [[True, True, False], [False, False, False]]
+    per_layer = select_example(scores, SelectionRule(threshold=0.2, scope="layer"))
+    assert per_layer.tolist() == [[True, True, False], [True, True, False]]
+    top1 = select_example(scores, SelectionRule(mode="top_k", top_k=1, scope="layer"))
+    assert top1.tolist() == [[True, False, False], [True, False, False]]

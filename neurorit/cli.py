@@ -1,0 +1,574 @@
+"""The command line: `neurorit <subcommand>` (or `python -m neurorit`).
+
+Owns: argument parsing, YAML config files with flag overrides, the tqdm progress adapter, job
+reporting when run as a background job (`--job-id`), short human summaries, and exit codes
+(0 ok, 2 bad input with a one-line reason, 1 unexpected failure). Must not: hold model logic;
+every subcommand calls the public API.
+
+Subcommands follow the data flow: prepare (convert the bundled model), mine, sets, mask,
+evaluate, ablate, export, jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from neurorit.errors import ConfigError, NeuroritError
+
+log = logging.getLogger("neurorit.cli")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+class UsageError(NeuroritError):
+    """Bad command-line input."""
+
+
+def _int_list(text: str | None) -> tuple[int, ...] | None:
+    if text is None or text == "":
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part and not part.startswith("-"):
+                lo, hi = part.split("-")
+                out.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise UsageError(f"expected comma-separated integers or ranges like '0,2,5-7', got {text!r}.") from None
+    return tuple(out)
+
+
+def _str_list(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _neuron_list(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            layer, index = part.split(":")
+            out.append((int(layer), int(index)))
+        except ValueError:
+            raise UsageError(f"neurons are 'layer:index' pairs separated by commas, got {part!r}.") from None
+    return out
+
+
+def _progress_adapter(job_id: str | None, quiet: bool) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
+    """A progress callback writing to a tqdm bar (stderr) and, for a job, to its record."""
+    reporter = None
+    if job_id:
+        from neurorit.jobs import JobReporter
+
+        reporter = JobReporter(job_id)
+    bar = None
+
+    def on_progress(done: int, total: int, message: str) -> None:
+        nonlocal bar
+        if not quiet:
+            from tqdm import tqdm
+
+            if bar is None or bar.total != total:
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=total, file=sys.stderr, dynamic_ncols=True, leave=False)
+            bar.n = done
+            bar.set_description(message[:40])
+            bar.refresh()
+        if reporter is not None:
+            reporter.progress(done, total, message)
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return on_progress, close
+
+
+def _load_config_file(args: argparse.Namespace) -> dict[str, Any]:
+    from neurorit.configs import load_yaml
+
+    return load_yaml(args.config) if getattr(args, "config", None) else {}
+
+
+def _section(file_cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    value = file_cfg.get(name, {}) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config section {name!r} must be a mapping, got {type(value).__name__}.")
+    return dict(value)
+
+
+def _build(cls: type, file_cfg: dict[str, Any], section: str, overrides: dict[str, Any]) -> Any:
+    from neurorit.configs import from_dict
+
+    data = _section(file_cfg, section)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(cls, data)
+
+
+def _model(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
+    from neurorit.models import load_model
+
+    name = args.model or file_cfg.get("model") or os.environ.get("NEURORIT_MODEL")
+    return load_model(name, device=args.device or os.environ.get("NEURORIT_DEVICE"), dtype=args.dtype)
+
+
+def _examples(args: argparse.Namespace, file_cfg: dict[str, Any]) -> list[Any]:
+    from neurorit.data import demo_examples, load_examples
+    from neurorit.prompts import add_distractors
+
+    data = args.data or file_cfg.get("data") or "demo"
+    if data == "demo":
+        examples = demo_examples()
+    else:
+        examples = load_examples(data, args.format or file_cfg.get("format"), limit=None)
+    if args.offset:
+        examples = examples[args.offset :]
+    limit = args.limit if args.limit is not None else file_cfg.get("limit")
+    if limit is not None:
+        examples = examples[: int(limit)]
+    n_add = args.add_distractors if args.add_distractors is not None else file_cfg.get("add_distractors")
+    if n_add:
+        examples = add_distractors(examples, int(n_add), seed=args.seed, hard=args.hard)
+    if not examples:
+        raise UsageError(f"no examples selected from {data!r} (check --limit / --offset).")
+    return examples
+
+
+def _prompt_config(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
+    from neurorit.prompts import PromptConfig
+
+    return _build(PromptConfig, file_cfg, "prompt", {"n_distractors": args.n_distractors, "seed": args.seed})
+
+
+def _mining_config(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
+    from neurorit.attribution import MiningConfig
+
+    return _build(MiningConfig, file_cfg, "mining", {
+        "layers": _int_list(args.layers), "baseline": args.baseline, "positions": args.positions,
+        "target": args.target, "n_steps": args.n_steps, "quadrature": args.quadrature,
+        "max_rows_per_pass": args.max_rows_per_pass,
+    })
+
+
+def _selection_rule(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
+    from neurorit.neurons import SelectionRule
+
+    return _build(SelectionRule, file_cfg, "selection", {
+        "mode": args.mode, "threshold": args.threshold, "top_k": args.top_k, "support": args.support,
+    })
+
+
+def _eval_config(args: argparse.Namespace, file_cfg: dict[str, Any], prompt_config: Any) -> Any:
+    from neurorit.evaluation import EvalConfig
+
+    data = _section(file_cfg, "eval")
+    data.pop("prompt", None)
+    overrides = {"views": _str_list(args.views), "noise_levels": _int_list(args.noise_levels),
+                 "max_new_tokens": args.max_new_tokens}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("views", "noise_levels"):
+        if isinstance(data.get(key), list):
+            data[key] = tuple(data[key])
+    return EvalConfig(prompt=prompt_config, **data)
+
+
+def _print_counts(title: str, sets: dict[str, Any]) -> None:
+    names = list(sets)
+    n_layers = len(next(iter(sets.values())).counts_per_layer())
+    width = max(len(n) for n in names) + 2
+    print(title)
+    print("layer " + "".join(f"{n:>{width}}" for n in names))
+    counts = {n: s.counts_per_layer() for n, s in sets.items()}
+    for layer in range(n_layers):
+        row = [counts[n][layer] for n in names]
+        if any(row):
+            print(f"{layer:>5} " + "".join(f"{c:>{width}}" for c in row))
+    print("total " + "".join(f"{len(sets[n]):>{width}}" for n in names))
+
+
+# ----------------------------------------------------------------------------------------------
+# subcommands
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from neurorit.models import bundled_model_dir
+
+    on_progress, close = _progress_adapter(None, args.quiet)
+    path = bundled_model_dir(on_progress)
+    close()
+    print(f"bundled model ready in {path}")
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from neurorit.mining import mine, mined_dir
+
+    file_cfg = _load_config_file(args)
+    mining, rule, prompts = _mining_config(args, file_cfg), _selection_rule(args, file_cfg), _prompt_config(args, file_cfg)
+    examples = _examples(args, file_cfg)
+    model = _model(args, file_cfg)
+    on_progress, close = _progress_adapter(args.job_id, args.quiet)
+    try:
+        mined = mine(model, examples, mining, rule, prompts, irrelevant_target=args.irrelevant_target,
+                     preview=args.preview, use_cache=not args.no_cache, on_progress=on_progress)
+    finally:
+        close()
+    folder = mined_dir(mined)
+    if not folder.is_dir():  # --no-cache: still keep the result
+        from neurorit.store import atomic_dir
+
+        with atomic_dir(folder) as tmp:
+            mined.save(tmp)
+    if args.job_id:
+        from neurorit.jobs import JobReporter
+
+        JobReporter(args.job_id).artifact("mined", folder)
+    _print_counts(mined.summary(), mined.named_sets())
+    gap = mined.provenance.get("max_relative_gap")
+    if gap is not None:
+        print(f"completeness gap: median {mined.provenance['median_relative_gap']:.2%}, worst {gap:.2%} of |f(x) - f(x')|")
+    if mined.provenance.get("skipped"):
+        print(f"skipped {len(mined.provenance['skipped'])} example(s) lacking a view: {', '.join(mined.provenance['skipped'][:10])}")
+    print(f"mined sets: {folder}")
+    if args.out_json:
+        Path(args.out_json).write_text(json.dumps({"mined": str(folder), **mined.counts_per_layer()}, indent=2))
+    return 0
+
+
+SET_NAMES = ("relevant", "irrelevant", "irrelevant-exclusive", "relevant-exclusive", "shared")
+
+
+def _load_set(mined_path: str, name: str, model: Any | None = None) -> tuple[Any, Any]:
+    from neurorit.mining import MinedNeurons
+
+    mined = MinedNeurons.load(Path(mined_path), model)
+    sets = mined.named_sets()
+    if name not in sets:
+        raise UsageError(f"unknown set {name!r}; choose one of {', '.join(SET_NAMES)}.")
+    return mined, sets[name]
+
+
+def cmd_sets(args: argparse.Namespace) -> int:
+    from neurorit.mining import MinedNeurons
+
+    mined = MinedNeurons.load(Path(args.mined))
+    sets = mined.named_sets()
+    if args.set:
+        chosen = sets.get(args.set)
+        if chosen is None:
+            raise UsageError(f"unknown set {args.set!r}; choose one of {', '.join(SET_NAMES)}.")
+        if args.json:
+            print(json.dumps({"set": args.set, "neurons": chosen.neurons()}))
+        else:
+            print(f"{args.set}: {len(chosen)} neurons")
+            print(", ".join(f"{l}:{i}" for l, i in chosen.neurons()))
+        return 0
+    if args.json:
+        print(json.dumps({"summary": mined.summary(), "counts_per_layer": mined.counts_per_layer()}))
+    else:
+        _print_counts(mined.summary(), sets)
+    return 0
+
+
+def cmd_mask(args: argparse.Namespace) -> int:
+    from neurorit.masks import NeuronMask, random_like
+    from neurorit.neurons import NeuronSet
+    from neurorit.store import artifact_dir
+
+    file_cfg = _load_config_file(args)
+    model = _model(args, file_cfg)
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    provenance: dict[str, Any] = {}
+    chosen = [bool(args.mined), bool(args.neurons), args.layer is not None]
+    if sum(chosen) != 1:
+        raise UsageError("give exactly one of --mined (with --set), --neurons or --layer.")
+    if args.mined:
+        mined, neurons = _load_set(args.mined, args.set, model)
+        provenance = {"mined": str(args.mined), "set": args.set, "mining": mined.provenance.get("mining"),
+                      "data": mined.provenance.get("data"), "selection": mined.provenance.get("selection")}
+    elif args.neurons:
+        neurons = NeuronSet.from_neurons(_neuron_list(args.neurons), n_layers, d_mlp, "hand-picked")
+    else:
+        if not 0 <= args.layer < n_layers:
+            raise UsageError(f"--layer {args.layer} does not exist: the model has layers 0..{n_layers - 1}.")
+        neurons = NeuronSet.from_neurons([(args.layer, i) for i in range(d_mlp)], n_layers, d_mlp, f"layer {args.layer}")
+    if args.random_like is not None:
+        neurons = random_like(neurons, seed=args.random_like).relabel(f"random like {neurons.label}")
+        provenance["random_seed"] = args.random_like
+    mask = NeuronMask.silencing(neurons, model, scale=args.scale, provenance=provenance)
+    folder = Path(args.out) if args.out else artifact_dir("masks", mask.key())
+    mask.save(folder)
+    print(f"mask of {len(mask.neurons)} neurons at scale {args.scale} ({neurons.label}); per layer: "
+          + " ".join(f"{l}:{c}" for l, c in enumerate(mask.counts_per_layer()) if c))
+    print(f"saved: {folder}")
+    return 0
+
+
+def _load_mask(path: str, model: Any, strict: bool) -> Any:
+    from neurorit.masks import NeuronMask
+
+    return NeuronMask.load(Path(path), model, strict=strict)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from neurorit.evaluation import evaluate
+
+    file_cfg = _load_config_file(args)
+    prompts = _prompt_config(args, file_cfg)
+    config = _eval_config(args, file_cfg, prompts)
+    examples = _examples(args, file_cfg)
+    model = _model(args, file_cfg)
+    mask = _load_mask(args.mask, model, not args.loose) if args.mask else None
+    on_progress, close = _progress_adapter(args.job_id, args.quiet)
+    try:
+        report = evaluate(model, examples, config, mask=mask, label="masked" if mask else "base", on_progress=on_progress)
+    finally:
+        close()
+    print(report.table().to_string(index=False))
+    if args.out:
+        report.save(Path(args.out))
+        print(f"report: {args.out}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from neurorit.evaluation import ablate, what_if
+
+    file_cfg = _load_config_file(args)
+    prompts = _prompt_config(args, file_cfg)
+    config = _eval_config(args, file_cfg, prompts)
+    model = _model(args, file_cfg)
+    mask = _load_mask(args.mask, model, not args.loose)
+    examples = _examples(args, file_cfg)
+    if args.example:
+        matches = [e for e in examples if e.id == args.example]
+        if not matches:
+            raise UsageError(f"no example with id {args.example!r} in the data (first ids: {[e.id for e in examples[:5]]}).")
+        for row in what_if(model, matches[0], mask, config):
+            mark = lambda ok: "correct" if ok else "wrong"  # noqa: E731
+            print(f"[{row.view}] before: {row.answer_before!r} ({mark(row.correct_before)}, log p {row.logprob_before:.2f})"
+                  f"  after: {row.answer_after!r} ({mark(row.correct_after)}, log p {row.logprob_after:.2f})")
+        return 0
+    on_progress, close = _progress_adapter(args.job_id, args.quiet)
+    try:
+        report = ablate(model, examples, config, mask, control_seed=None if args.no_control else args.control_seed,
+                        on_progress=on_progress)
+    finally:
+        close()
+    print(report.table().to_string(index=False))
+    if args.out:
+        report.save(Path(args.out))
+        print(f"report: {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from neurorit.masks import bake
+
+    file_cfg = _load_config_file(args)
+    model = _model(args, file_cfg)
+    mask = _load_mask(args.mask, model, not args.loose)
+    out = bake(mask, model, Path(args.out), strict=not args.loose, overwrite=args.overwrite)
+    print(f"baked checkpoint ({len(mask.neurons)} neurons scaled by the mask) written to {out}; "
+          "load it with transformers.AutoModelForCausalLM.from_pretrained")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from neurorit import jobs
+
+    if args.action == "list":
+        for job in jobs.list_jobs(limit=args.limit):
+            print(f"{job.id}  {job.state:<9}  {job.done}/{job.total}  {job.message[:50]}")
+        return 0
+    if not args.job:
+        raise UsageError(f"`neurorit jobs {args.action}` needs a job id.")
+    if args.action == "cancel":
+        job = jobs.cancel(args.job)
+    elif args.action == "wait":
+        job = jobs.wait(args.job, timeout=args.timeout)
+    else:
+        job = jobs.get(args.job)
+    print(json.dumps(dataclasses.asdict(job), indent=2, default=str))
+    if args.action == "show":
+        print(job.log_tail())
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from neurorit import jobs
+
+    if not args.rest or args.rest[0] not in ("mine", "evaluate", "ablate"):
+        raise UsageError("`neurorit submit` runs `mine`, `evaluate` or `ablate` as a background job, e.g. "
+                         "`neurorit submit mine --data demo`.")
+    job = jobs.submit(args.rest[0], list(args.rest))
+    print(f"submitted {job.id} ({job.state}); follow it with `neurorit jobs show {job.id}`")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# parser
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="bundled model (default), a local HF folder, or a hub name already cached")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bf16 on a GPU, else float32)")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="'demo' (default) or a dataset file (.jsonl / .jsonl.gz)")
+    p.add_argument("--format", help="dataset format (default: detected); one of neurorit, flashrag, "
+                   "nq-open-oracle, popqa, retrievalqa, rgb")
+    p.add_argument("--limit", type=int, help="use the first N examples")
+    p.add_argument("--offset", type=int, default=0, help="skip the first N examples")
+    p.add_argument("--add-distractors", type=int, help="give each example N irrelevant passages from other examples")
+    p.add_argument("--hard", action="store_true", help="with --add-distractors: the BM25-closest passages")
+    p.add_argument("--n-distractors", type=int, help="irrelevant passages in noisy / irrelevant prompts (default 4)")
+    p.add_argument("--seed", type=int, default=None, help="seed for distractor choice and passage order")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (sections: model, data, mining, selection, prompt, eval); flags override it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--job-id", help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurorit", description="Neuro-RIT workbench: mine, switch off and evaluate "
+                                     "the MLP neurons that make a RAG model follow irrelevant passages.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="convert the bundled SmolLM2-135M-Instruct once into cache/models")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("mine", help="IG-mine the relevant / irrelevant neuron sets of a dataset")
+    _add_common(p), _add_model_args(p), _add_data_args(p)
+    g = p.add_argument_group("attribution")
+    g.add_argument("--layers", help="layers to attribute, e.g. '0-29' or '3,7' (default: all)")
+    g.add_argument("--baseline", choices=["zero", "no_context"])
+    g.add_argument("--positions", choices=["last", "all"])
+    g.add_argument("--target", choices=["answer", "first_token", "own_answer"])
+    g.add_argument("--irrelevant-target", choices=["answer", "first_token", "own_answer"],
+                   help="target on irrelevant inputs (default: same as --target)")
+    g.add_argument("--n-steps", type=int, help="IG quadrature points m (default 20)")
+    g.add_argument("--quadrature", choices=["midpoint", "gauss_legendre"])
+    g.add_argument("--max-rows-per-pass", type=int, help="copies folded per pass (memory bound)")
+    g.add_argument("--preview", action="store_true", help="one-gradient (AtP) estimate instead of IG")
+    g.add_argument("--no-cache", action="store_true", help="recompute scores even when cached")
+    g = p.add_argument_group("selection")
+    g.add_argument("--mode", choices=["relative", "top_k"])
+    g.add_argument("--threshold", type=float, help="relative threshold (default 0.2)")
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--support", type=float, help="fraction of examples that must select a neuron (default 0.5)")
+    p.add_argument("--out-json", help="also write the result's path and counts to this JSON file")
+    p.set_defaults(func=cmd_mine)
+
+    p = sub.add_parser("sets", help="show the mined sets: per-layer counts, or the neurons of one set")
+    p.add_argument("--mined", required=True, help="a mined folder (printed by `neurorit mine`)")
+    p.add_argument("--set", help=f"one of {', '.join(SET_NAMES)}")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sets)
+
+    p = sub.add_parser("mask", help="make a neuron mask from a mined set, hand-picked neurons or a layer")
+    _add_common(p), _add_model_args(p)
+    p.add_argument("--mined", help="a mined folder")
+    p.add_argument("--set", default="irrelevant-exclusive", help="which mined set (default irrelevant-exclusive)")
+    p.add_argument("--neurons", help="hand-picked 'layer:index' pairs, e.g. '3:17,12:404'")
+    p.add_argument("--layer", type=int, help="every neuron of one layer")
+    p.add_argument("--scale", type=float, default=0.0, help="0 = off (default), 1 = unchanged, 2 = amplified")
+    p.add_argument("--random-like", type=int, metavar="SEED", help="a random set with the same per-layer counts")
+    p.add_argument("--out", help="folder (default cache/masks/<hash>)")
+    p.set_defaults(func=cmd_mask)
+
+    for name, func, help_ in (("evaluate", cmd_evaluate, "generate answers and score accuracy / EM / F1 / log-prob"),
+                              ("ablate", cmd_ablate, "evaluate with and without a mask, plus a random control")):
+        p = sub.add_parser(name, help=help_)
+        _add_common(p), _add_model_args(p), _add_data_args(p)
+        p.add_argument("--mask", required=name == "ablate", help="a mask folder or mask.safetensors")
+        p.add_argument("--loose", action="store_true", help="accept a mask whose weight fingerprint differs (same shape)")
+        p.add_argument("--views", help="comma-separated: relevant,noisy,irrelevant,closed_book")
+        p.add_argument("--noise-levels", help="distractor counts for the noisy view, e.g. '0-4'")
+        p.add_argument("--max-new-tokens", type=int)
+        p.add_argument("--out", help="save the report as JSON")
+        if name == "ablate":
+            p.add_argument("--example", help="what-if on one example id: answers before / after")
+            p.add_argument("--control-seed", type=int, default=0, help="seed of the random control mask")
+            p.add_argument("--no-control", action="store_true", help="skip the random control")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("export", help="bake a mask into a plain Hugging Face checkpoint")
+    _add_common(p), _add_model_args(p)
+    p.add_argument("--mask", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--loose", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("jobs", help="list, show, wait for or cancel background jobs")
+    p.add_argument("action", choices=["list", "show", "wait", "cancel"])
+    p.add_argument("job", nargs="?")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("submit", help="run mine / evaluate / ablate as a background job")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_submit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    job_id = getattr(args, "job_id", None)
+    if job_id:  # a background job: SIGTERM (cancel) ends it cleanly
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if getattr(args, "seed", "absent") is None:
+        args.seed = 0
+    try:
+        code = args.func(args)
+    except NeuroritError as exc:
+        print(f"neurorit: error: {exc}", file=sys.stderr)
+        code, error = 2, str(exc)
+    except KeyboardInterrupt:
+        print("neurorit: interrupted", file=sys.stderr)
+        code, error = 130, "interrupted"
+    except SystemExit as exc:
+        code, error = int(exc.code or 0), "cancelled" if exc.code == 143 else f"exit {exc.code}"
+    except Exception as exc:  # a job must record how it ended; the traceback goes to its log
+        if not job_id:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        code, error = 1, f"{type(exc).__name__}: {exc}"
+    else:
+        error = ""
+    if job_id:
+        from neurorit.jobs import JobReporter
+
+        JobReporter(job_id).finish(error if code else "")
+    return code

@@ -1,0 +1,544 @@
+"""Evaluation: how well a model answers under each context view, with or without a neuron mask.
+
+Owns: `EvalConfig` (views, the noise sweep, generation length, the nested prompt config), greedy
+KV-cached answer generation (`generate_answer`), the teacher-forced answer log-probability
+(`answer_logprob`), per-prompt results and their roll-up (`EvalReport`, saved as JSON), the
+ablation study of METHOD.md (base vs masked vs random-mask control: `ablate`, `AblationReport`)
+and the one-example fast path of the UI (`what_if`). Must not: load models or datasets, spell
+hook names (masks.py applies masks), or print.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from neurorit import store
+from neurorit.configs import from_dict, stable_hash, to_dict
+from neurorit.data import RagExample
+from neurorit.errors import ArtifactError, ConfigError, DataError
+from neurorit.masks import NeuronMask, random_like
+from neurorit.metrics import contains_answer, exact_match, token_f1
+from neurorit.models import model_identity
+from neurorit.prompts import VIEWS, Prompt, PromptConfig, build_prompt
+from neurorit.types import BatchTokenIds, ProgressFn, no_progress
+
+log = logging.getLogger(__name__)
+
+REPORT_FORMAT_VERSION = 1
+_METRICS = ("accuracy", "exact", "f1", "logprob")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """What to evaluate: which context views, which noise levels, how long an answer may be.
+
+    noise_levels: the numbers of distractors the noisy view sweeps (e.g. (0, 1, 2, 3, 4)); empty
+    means the prompt config's n_distractors only. The irrelevant view always shows
+    prompt.n_distractors passages; the relevant and closed-book views show no distractor.
+    """
+
+    views: tuple[str, ...] = ("relevant", "noisy", "irrelevant", "closed_book")  # METHOD.md's views
+    noise_levels: tuple[int, ...] = ()
+    max_new_tokens: int = 16  # short-answer QA; generation also stops at a newline
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "views", tuple(self.views))
+        object.__setattr__(self, "noise_levels", tuple(self.noise_levels))
+        if not self.views:
+            raise ConfigError.field("EvalConfig", "views", self.views, f"a non-empty subset of {list(VIEWS)}")
+        for view in self.views:
+            if view not in VIEWS:
+                raise ConfigError.field("EvalConfig", "views", self.views, f"views among {list(VIEWS)}")
+        if len(set(self.views)) != len(self.views):
+            raise ConfigError.field("EvalConfig", "views", self.views, "each view at most once")
+        for level in self.noise_levels:
+            if not _is_int(level) or level < 0:
+                raise ConfigError.field("EvalConfig", "noise_levels", self.noise_levels, "integers >= 0")
+        if len(set(self.noise_levels)) != len(self.noise_levels):
+            raise ConfigError.field("EvalConfig", "noise_levels", self.noise_levels, "each level at most once")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise ConfigError.field("EvalConfig", "max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        if not isinstance(self.prompt, PromptConfig):
+            raise ConfigError.field("EvalConfig", "prompt", self.prompt, "a PromptConfig")
+        if "irrelevant" in self.views and self.prompt.n_distractors == 0:
+            raise ConfigError.field(
+                "EvalConfig", "prompt.n_distractors", 0, "an integer >= 1 when the irrelevant view is evaluated"
+            )
+
+    def noise_sweep(self) -> tuple[int, ...]:
+        """The distractor counts the noisy view is evaluated at."""
+        return tuple(sorted(self.noise_levels)) or (self.prompt.n_distractors,)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvalConfig":
+        if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
+            data = {**data, "prompt": PromptConfig.from_dict(data["prompt"])}
+        return from_dict(cls, data)
+
+    def hash(self) -> str:
+        return stable_hash(self)
+
+
+# ---- generation and scoring ---------------------------------------------------------------------
+
+
+def _device(model: Any) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
+def _tokens(model: Any, ids: Sequence[int]) -> BatchTokenIds:
+    return torch.tensor([list(ids)], dtype=torch.long, device=_device(model))
+
+
+def stop_token_ids(model: Any) -> frozenset[int]:
+    """Token ids that end an answer: the tokenizer's eos and the generation config's eos list."""
+    ids: set[int] = set()
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    if eos is not None:
+        ids.add(int(eos))
+    generation_config = getattr(model.original_model, "generation_config", None)
+    listed = getattr(generation_config, "eos_token_id", None)
+    if listed is not None:
+        ids.update(int(i) for i in ([listed] if isinstance(listed, int) else listed))
+    return frozenset(ids)
+
+
+def _check_length(model: Any, prompt: Prompt, extra: int) -> None:
+    n_ctx = int(model.cfg.n_ctx)
+    if prompt.n_tokens + extra > n_ctx:
+        raise DataError(
+            f"example {prompt.example_id}: the {prompt.view} prompt is {prompt.n_tokens} tokens (+{extra}), "
+            f"over the model's context of {n_ctx}. Fix: fewer distractors or shorter passages "
+            "(PromptConfig.n_distractors, max_passage_tokens)."
+        )
+
+
+def _maybe_masked(mask: NeuronMask | None, model: Any, strict: bool) -> Any:
+    return mask.applied(model, strict=strict) if mask is not None else contextlib.nullcontext(model)
+
+
+def _greedy_ids(model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int) -> list[int]:
+    """Greedy tokens from the prefix's last logits on, one cached step each, until a stop."""
+    tokenizer = model.tokenizer
+    stops = stop_token_ids(model)
+    generated: list[int] = []
+    for step in range(min(max_new_tokens, room)):
+        next_id = int(logits[0, -1].argmax())
+        if next_id in stops:
+            break
+        generated.append(next_id)
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        if "\n" in text.lstrip() or step + 1 == min(max_new_tokens, room):
+            break  # a newline after some text ends a short answer
+        logits = model(_tokens(model, [next_id]), past_key_values=cache)  # [1, 1, d_vocab]
+    return generated
+
+
+def _decode_greedy(model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int) -> str:
+    generated = _greedy_ids(model, logits, cache, max_new_tokens, room)
+    text = model.tokenizer.decode(generated, skip_special_tokens=True)
+    return text.lstrip().split("\n")[0].strip()
+
+
+@torch.no_grad()
+def generate_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int = 16) -> list[int]:
+    """The model's greedy answer as token ids (trailing newline-only tokens dropped)."""
+    logits, cache = model(_tokens(model, prompt_ids), return_type="logits_and_cache")
+    room = int(model.cfg.n_ctx) - len(prompt_ids) + 1
+    generated = _greedy_ids(model, logits, cache, max_new_tokens, room)
+    while generated and not model.tokenizer.decode(generated[-1:], skip_special_tokens=True).strip():
+        generated.pop()
+    return generated
+
+
+def _room(model: Any, prompt: Prompt) -> int:
+    """How many tokens can be generated before the context is full."""
+    return int(model.cfg.n_ctx) - prompt.n_tokens + 1
+
+
+@torch.no_grad()
+def generate_answer(
+    model: Any, prompt: Prompt, *, max_new_tokens: int = 16, mask: NeuronMask | None = None, strict: bool = True
+) -> str:
+    """The model's greedy answer to the prompt (KV cache: the prefix once, then one token a step).
+
+    Stops at an end token (see stop_token_ids), at a newline after some text, or after
+    max_new_tokens; returns the decoded answer, stripped. With a mask, runs under mask.applied.
+    """
+    if max_new_tokens < 1:
+        raise ConfigError.field("generate_answer", "max_new_tokens", max_new_tokens, "an integer >= 1")
+    _check_length(model, prompt, 0)
+    with _maybe_masked(mask, model, strict):
+        logits, cache = model(_tokens(model, prompt.token_ids), return_type="logits_and_cache")
+        return _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt))
+
+
+@torch.no_grad()
+def answer_logprob(model: Any, prompt: Prompt, *, mask: NeuronMask | None = None, strict: bool = True) -> float:
+    """Sum of the log-probabilities of prompt.answer_ids after prompt.token_ids (one forward)."""
+    _check_length(model, prompt, len(prompt.answer_ids))
+    n_prompt, n_answer = prompt.n_tokens, len(prompt.answer_ids)
+    with _maybe_masked(mask, model, strict):
+        logits = model(_tokens(model, prompt.token_ids + prompt.answer_ids))  # [1, pos, d_vocab]
+    predicting = logits[0, n_prompt - 1 : n_prompt - 1 + n_answer].float()  # [answer, d_vocab]
+    targets = torch.tensor(prompt.answer_ids, device=predicting.device)
+    return float(predicting.log_softmax(-1).gather(-1, targets[:, None]).sum())
+
+
+@torch.no_grad()
+def answer_and_logprob(model: Any, prompt: Prompt, *, max_new_tokens: int = 16) -> tuple[str, float]:
+    """generate_answer and answer_logprob sharing one prefix forward (the caller applies any mask).
+
+    The prefix's KV cache is copied: one copy scores the gold answer, the other decodes.
+    """
+    _check_length(model, prompt, len(prompt.answer_ids))
+    logits, cache = model(_tokens(model, prompt.token_ids), return_type="logits_and_cache")
+    answer_ids = prompt.answer_ids
+    predicting = logits[0, -1:].float()  # [1, d_vocab]: predicts the first answer token
+    if len(answer_ids) > 1:
+        scored = model(_tokens(model, answer_ids[:-1]), past_key_values=copy.deepcopy(cache))
+        predicting = torch.cat([predicting, scored[0].float()])  # [answer, d_vocab]
+    targets = torch.tensor(answer_ids, device=predicting.device)
+    logprob = float(predicting.log_softmax(-1).gather(-1, targets[:, None]).sum())
+    return _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt)), logprob
+
+
+# ---- results and reports ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExampleResult:
+    """One example under one view (and one noise level for the noisy view)."""
+
+    example_id: str
+    view: str
+    n_distractors: int  # distractors asked for: the noise level (noisy), n_distractors (irrelevant), else 0
+    answer: str
+    correct: bool  # a gold alias is contained in the answer (METHOD.md accuracy)
+    exact: bool
+    f1: float
+    logprob: float  # teacher-forced log-probability of the first gold alias
+    n_passages: int = 0  # passages actually shown
+
+
+@dataclass(frozen=True)
+class SkippedPrompt:
+    """An example that could not be shown under a view (no relevant passage, too long, ...)."""
+
+    example_id: str
+    view: str
+    n_distractors: int
+    reason: str
+
+
+def _rows_table(
+    results: Sequence[ExampleResult], skipped: Sequence[SkippedPrompt], views: Sequence[str]
+) -> pd.DataFrame:
+    columns = ["view", "n_distractors", "n", *_METRICS, "skipped"]
+    frame = pd.DataFrame([asdict(r) for r in results], columns=[f.name for f in dataclasses.fields(ExampleResult)])
+    frame = frame.rename(columns={"correct": "accuracy"})
+    keys = {(r.view, r.n_distractors) for r in results} | {(s.view, s.n_distractors) for s in skipped}
+    order = {v: i for i, v in enumerate(views)}
+    rows = []
+    for view, k in sorted(keys, key=lambda vk: (order.get(vk[0], len(order)), vk[0], vk[1])):
+        part = frame[(frame["view"] == view) & (frame["n_distractors"] == k)]
+        row: dict[str, Any] = {"view": view, "n_distractors": k, "n": len(part)}
+        for metric in _METRICS:
+            row[metric] = float(part[metric].astype(float).mean()) if len(part) else math.nan
+        row["skipped"] = sum(1 for s in skipped if (s.view, s.n_distractors) == (view, k))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Every per-prompt result of one evaluation, with what made it; rolls up into a table."""
+
+    results: tuple[ExampleResult, ...]
+    label: str = ""
+    config: dict[str, Any] = field(default_factory=dict)  # EvalConfig.to_dict()
+    model: dict[str, Any] = field(default_factory=dict)  # asdict(ModelIdentity)
+    mask: dict[str, Any] | None = None  # the mask's summary (key, provenance, counts), None = no mask
+    skipped: tuple[SkippedPrompt, ...] = ()
+
+    def table(self) -> pd.DataFrame:
+        """One row per (view, n_distractors): n, accuracy, exact, f1, mean logprob, skipped."""
+        return _rows_table(self.results, self.skipped, self.config.get("views", VIEWS))
+
+    def accuracy(self, view: str, n_distractors: int | None = None) -> float:
+        """The fraction of correct answers under a view (and noise level)."""
+        chosen = [r for r in self.results
+                  if r.view == view and (n_distractors is None or r.n_distractors == n_distractors)]
+        if not chosen:
+            present = sorted({(r.view, r.n_distractors) for r in self.results})
+            raise DataError(
+                f"report {self.label!r} has no result for view {view!r} with n_distractors={n_distractors}; "
+                f"it has (view, n_distractors) {present}."
+            )
+        return sum(r.correct for r in chosen) / len(chosen)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": REPORT_FORMAT_VERSION, "kind": "eval_report", "label": self.label,
+            "config": self.config, "model": self.model, "mask": self.mask,
+            "results": [asdict(r) for r in self.results], "skipped": [asdict(s) for s in self.skipped],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "report") -> "EvalReport":
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: expected a JSON object of an eval report, got {type(data).__name__}.")
+        missing = [k for k in ("format_version", "results", "label", "config", "model") if k not in data]
+        if missing:
+            raise ArtifactError(f"{where} lacks field(s) {missing}; expected an EvalReport written by neurorit.")
+        if data["format_version"] != REPORT_FORMAT_VERSION:
+            raise ArtifactError(
+                f"{where} has format_version {data['format_version']!r}, this neurorit reads {REPORT_FORMAT_VERSION}; "
+                "run the evaluation again."
+            )
+        try:
+            results = tuple(ExampleResult(**r) for r in data["results"])
+            skipped = tuple(SkippedPrompt(**s) for s in data.get("skipped", []))
+        except TypeError as exc:
+            raise ArtifactError(f"{where}: a result record has the wrong fields ({exc}).") from exc
+        return cls(results=results, label=data["label"], config=data["config"], model=data["model"],
+                   mask=data.get("mask"), skipped=skipped)
+
+    def save(self, path: Path) -> Path:
+        """Write the report as one JSON file (atomically)."""
+        path = Path(path)
+        store.write_json(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "EvalReport":
+        return cls.from_json(store.read_json(Path(path)), str(path))
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+
+
+def _prompt_plan(
+    model: Any, examples: Sequence[RagExample], config: EvalConfig
+) -> tuple[list[tuple[RagExample, int, Prompt]], list[SkippedPrompt]]:
+    """Every prompt to run, in order (example-major), and the ones that could not be built."""
+    n_ctx = int(model.cfg.n_ctx)
+    plan, skipped = [], []
+    for example in examples:
+        for view in config.views:
+            if view == "noisy":
+                levels = config.noise_sweep()
+            elif view == "irrelevant":
+                levels = (config.prompt.n_distractors,)
+            else:
+                levels = (0,)
+            for k in levels:
+                prompt_config = config.prompt
+                if view == "noisy":
+                    prompt_config = dataclasses.replace(config.prompt, n_distractors=k)
+                try:
+                    prompt = build_prompt(example, view, prompt_config, model.tokenizer, max_tokens=n_ctx)
+                except DataError as exc:
+                    log.warning("skipping example %s for the %s view (%d distractors): %s", example.id, view, k, exc)
+                    skipped.append(SkippedPrompt(example.id, view, k, str(exc)))
+                    continue
+                plan.append((example, k, prompt))
+    return plan, skipped
+
+
+def _result(example: RagExample, k: int, prompt: Prompt, answer: str, logprob: float) -> ExampleResult:
+    return ExampleResult(
+        example_id=example.id, view=prompt.view, n_distractors=k, answer=answer,
+        correct=contains_answer(answer, example.answers), exact=exact_match(answer, example.answers),
+        f1=token_f1(answer, example.answers), logprob=logprob, n_passages=len(prompt.passages),
+    )
+
+
+def evaluate(
+    model: Any,
+    examples: Sequence[RagExample],
+    config: EvalConfig,
+    *,
+    mask: NeuronMask | None = None,
+    label: str = "",
+    strict: bool = True,
+    on_progress: ProgressFn = no_progress,
+) -> EvalReport:
+    """Answer every example under every view (and noise level), score it, and report.
+
+    Examples that cannot be shown under a view (DataError: no relevant passage, prompt longer
+    than the model's context, ...) are skipped for that view with a warning and counted in the
+    report. With a mask, every prompt runs under it (checked once; strict=False accepts weights
+    other than the mined ones, e.g. a fine-tuned copy).
+    """
+    examples = list(examples)
+    plan, skipped = _prompt_plan(model, examples, config)
+    results = []
+    with _maybe_masked(mask, model, strict):
+        for done, (example, k, prompt) in enumerate(plan, start=1):
+            answer, logprob = answer_and_logprob(model, prompt, max_new_tokens=config.max_new_tokens)
+            results.append(_result(example, k, prompt, answer, logprob))
+            on_progress(done, len(plan), f"{label or 'eval'}: {example.id} {prompt.view} ({k} distractors)")
+    if skipped:
+        log.warning("%s: %d of %d prompts skipped", label or "evaluation", len(skipped), len(skipped) + len(plan))
+    return EvalReport(
+        results=tuple(results), label=label, config=config.to_dict(), model=asdict(model_identity(model)),
+        mask=_mask_summary(mask), skipped=tuple(skipped),
+    )
+
+
+def _mask_summary(mask: NeuronMask | None) -> dict[str, Any] | None:
+    if mask is None:
+        return None
+    return {"key": mask.key(), "provenance": mask.provenance, "n_neurons": len(mask),
+            "counts_per_layer": mask.counts_per_layer()}
+
+
+# ---- ablation -----------------------------------------------------------------------------------
+
+
+def random_control(mask: NeuronMask, *, seed: int = 0) -> NeuronMask:
+    """A mask with the same scale values, per layer, on uniformly random neurons (random_like)."""
+    chosen = random_like(mask.neurons, seed=seed)
+    scale = torch.ones_like(mask.scale)
+    for layer in range(scale.shape[0]):
+        values = mask.scale[layer][mask.scale[layer] != 1.0]  # [count]
+        scale[layer][chosen.grid[layer]] = values
+    provenance = {"kind": "random_control", "seed": seed, "control_of": mask.key()}
+    return NeuronMask(scale, mask.model, provenance)
+
+
+def _offset_progress(on_progress: ProgressFn, part: int, parts: int, name: str) -> ProgressFn:
+    def report(done: int, total: int, message: str) -> None:
+        on_progress(part * total + done, parts * total, f"{name}: {message}")
+
+    return report
+
+
+@dataclass(frozen=True)
+class AblationReport:
+    """The same evaluation without the mask, with it, and with a random control mask."""
+
+    base: EvalReport
+    masked: EvalReport
+    control: EvalReport | None = None
+
+    def table(self) -> pd.DataFrame:
+        """Rows (view, n_distractors); accuracy and logprob for each run and their deltas to base."""
+        keys = ["view", "n_distractors"]
+        runs = [("base", self.base), ("masked", self.masked)] + ([("control", self.control)] if self.control else [])
+        merged = None
+        for name, report in runs:
+            part = report.table()[keys + ["n", "accuracy", "logprob"]].rename(
+                columns={"n": f"n_{name}", "accuracy": f"accuracy_{name}", "logprob": f"logprob_{name}"})
+            merged = part if merged is None else merged.merge(part, on=keys, how="outer", sort=False)
+        assert merged is not None
+        order = {v: i for i, v in enumerate(self.base.config.get("views", VIEWS))}
+        merged = merged.sort_values(keys, key=lambda col: col.map(order) if col.name == "view" else col, kind="stable")
+        for name, _ in runs[1:]:
+            for metric in ("accuracy", "logprob"):
+                merged[f"delta_{metric}_{name}"] = merged[f"{metric}_{name}"] - merged[f"{metric}_base"]
+        return merged.reset_index(drop=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "ablation_report", "format_version": REPORT_FORMAT_VERSION, "base": self.base.to_json(),
+                "masked": self.masked.to_json(), "control": self.control.to_json() if self.control else None}
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        store.write_json(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "AblationReport":
+        data = store.read_json(Path(path))
+        if not isinstance(data, dict) or not {"base", "masked"} <= set(data):
+            raise ArtifactError(f"{path}: expected an ablation report with 'base' and 'masked' reports.")
+        control = data.get("control")
+        return cls(EvalReport.from_json(data["base"], f"{path} (base)"),
+                   EvalReport.from_json(data["masked"], f"{path} (masked)"),
+                   EvalReport.from_json(control, f"{path} (control)") if control is not None else None)
+
+
+def ablate(
+    model: Any,
+    examples: Sequence[RagExample],
+    config: EvalConfig,
+    mask: NeuronMask,
+    *,
+    control_seed: int | None = 0,
+    strict: bool = True,
+    on_progress: ProgressFn = no_progress,
+) -> AblationReport:
+    """Evaluate without the mask, with it, and (unless control_seed is None) with random_control."""
+    examples = list(examples)
+    mask.check(model, strict=strict)  # fail before the (long) base run
+    parts = 2 if control_seed is None else 3
+    base = evaluate(model, examples, config, label="base", on_progress=_offset_progress(on_progress, 0, parts, "base"))
+    masked = evaluate(model, examples, config, mask=mask, label="masked", strict=strict,
+                      on_progress=_offset_progress(on_progress, 1, parts, "masked"))
+    control = None
+    if control_seed is not None:
+        control = evaluate(model, examples, config, mask=random_control(mask, seed=control_seed), label="control",
+                           strict=strict, on_progress=_offset_progress(on_progress, 2, parts, "control"))
+    return AblationReport(base, masked, control)
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """One example under one view, before and after the mask."""
+
+    view: str
+    answer_before: str
+    answer_after: str
+    logprob_before: float
+    logprob_after: float
+    correct_before: bool
+    correct_after: bool
+
+
+def what_if(
+    model: Any,
+    example: RagExample,
+    mask: NeuronMask,
+    config: EvalConfig,
+    *,
+    views: Sequence[str] | None = None,
+    strict: bool = True,
+) -> list[WhatIf]:
+    """The UI's fast path: one example, each view (noisy at prompt.n_distractors), without and with the mask.
+
+    A view the example cannot be shown under is left out with a warning.
+    """
+    chosen = tuple(views) if views is not None else config.views
+    one = dataclasses.replace(config, views=chosen, noise_levels=())
+    plan, _ = _prompt_plan(model, [example], one)
+    if not plan:
+        return []
+    before = [answer_and_logprob(model, p, max_new_tokens=config.max_new_tokens) for _, _, p in plan]
+    with mask.applied(model, strict=strict):
+        after = [answer_and_logprob(model, p, max_new_tokens=config.max_new_tokens) for _, _, p in plan]
+    return [
+        WhatIf(view=p.view, answer_before=b[0], answer_after=a[0], logprob_before=b[1], logprob_after=a[1],
+               correct_before=contains_answer(b[0], example.answers),
+               correct_after=contains_answer(a[0], example.answers))
+        for (_, _, p), b, a in zip(plan, before, after)
+    ]

@@ -1,0 +1,261 @@
+"""Background jobs: long work (mining a dataset, training) as processes recorded in SQLite.
+
+Owns: the job table in `cache/jobs.sqlite` (queued / running / done / failed / cancelled,
+progress, log file, artifacts), starting a job as its own process (`python -m neurorit ...`),
+a queue with at most `NEURORIT_MAX_JOBS` (default 1) running at once, cancelling, noticing jobs
+whose process died, and the `JobReporter` a job process writes its progress through. The CLI and
+the workbench read the same table, so nothing is lost when either restarts.
+Must not: know what a job computes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neurorit.errors import NeuroritError
+from neurorit.store import cache_root
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, argv TEXT NOT NULL,
+    created REAL NOT NULL, started REAL, finished REAL, pid INTEGER,
+    done INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '',
+    log_path TEXT NOT NULL, artifacts TEXT NOT NULL DEFAULT '{}', error TEXT NOT NULL DEFAULT ''
+)
+"""
+
+
+class JobError(NeuroritError):
+    """A job id is unknown, or a job cannot move to the asked state."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    state: str
+    argv: tuple[str, ...]
+    created: float
+    started: float | None
+    finished: float | None
+    pid: int | None
+    done: int
+    total: int
+    message: str
+    log_path: str
+    artifacts: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate so far (None before the first unit of progress)."""
+        if self.state != "running" or not self.started or not self.done or not self.total:
+            return None
+        rate = (time.time() - self.started) / self.done
+        return rate * (self.total - self.done)
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = Path(self.log_path)
+        if not path.is_file():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def db_path() -> Path:
+    return cache_root() / "jobs.sqlite"
+
+
+def _connect() -> sqlite3.Connection:
+    path = db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(_SCHEMA)
+    return conn
+
+
+def _row_to_job(row: sqlite3.Row | tuple) -> Job:
+    (id_, kind, state, argv, created, started, finished, pid, done, total, message, log_path, artifacts, error) = row
+    return Job(id_, kind, state, tuple(json.loads(argv)), created, started, finished, pid, done, total,
+               message, log_path, json.loads(artifacts), error)
+
+
+def _is_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished children
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _reap_dead(conn: sqlite3.Connection) -> None:
+    """A running job whose process is gone (killed, machine restart) becomes failed."""
+    for job_id, pid in conn.execute("SELECT id, pid FROM jobs WHERE state = 'running'").fetchall():
+        if not _is_alive(pid):
+            conn.execute(
+                "UPDATE jobs SET state='failed', finished=?, error=? WHERE id=? AND state='running'",
+                (time.time(), "the job's process ended without reporting (killed or crashed); see its log", job_id),
+            )
+
+
+def max_running() -> int:
+    return max(1, int(os.environ.get("NEURORIT_MAX_JOBS", "1")))
+
+
+def _dispatch(conn: sqlite3.Connection) -> None:
+    """Start queued jobs, oldest first, while fewer than max_running() run."""
+    _reap_dead(conn)
+    while True:
+        running = conn.execute("SELECT COUNT(*) FROM jobs WHERE state='running'").fetchone()[0]
+        if running >= max_running():
+            return
+        row = conn.execute("SELECT id, argv, log_path FROM jobs WHERE state='queued' ORDER BY created LIMIT 1").fetchone()
+        if row is None:
+            return
+        job_id, argv, log_path = row
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "neurorit", *json.loads(argv), "--job-id", job_id],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, "NEURORIT_CACHE": str(cache_root())},
+            )
+        conn.execute(
+            "UPDATE jobs SET state='running', started=?, pid=? WHERE id=?", (time.time(), proc.pid, job_id)
+        )
+
+
+def submit(kind: str, argv: list[str]) -> Job:
+    """Queue `python -m neurorit <argv>` as a job; it starts now if a slot is free."""
+    job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    log_path = cache_root() / "jobs" / f"{job_id}.log"
+    with closing(_connect()) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, kind, state, argv, created, log_path) VALUES (?, ?, 'queued', ?, ?, ?)",
+            (job_id, kind, json.dumps(list(argv)), time.time(), str(log_path)),
+        )
+        _dispatch(conn)
+    return get(job_id)
+
+
+def get(job_id: str) -> Job:
+    with closing(_connect()) as conn:
+        _dispatch(conn)
+        row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    if row is None:
+        raise JobError(f"no job with id {job_id!r}; `neurorit jobs list` shows the known ones.")
+    return _row_to_job(row)
+
+
+def list_jobs(kind: str | None = None, limit: int = 50) -> list[Job]:
+    with closing(_connect()) as conn:
+        _dispatch(conn)
+        if kind:
+            rows = conn.execute("SELECT * FROM jobs WHERE kind=? ORDER BY created DESC LIMIT ?", (kind, limit))
+        else:
+            rows = conn.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
+        return [_row_to_job(r) for r in rows.fetchall()]
+
+
+def cancel(job_id: str) -> Job:
+    """Cancel a queued job, or stop a running one (SIGTERM to its process group)."""
+    job = get(job_id)
+    if job.state in FINAL_STATES:
+        return job
+    with closing(_connect()) as conn:
+        conn.execute(
+            "UPDATE jobs SET state='cancelled', finished=? WHERE id=? AND state IN ('queued', 'running')",
+            (time.time(), job_id),
+        )
+    if job.state == "running" and job.pid:
+        try:
+            os.killpg(job.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    with closing(_connect()) as conn:
+        _dispatch(conn)
+    return get(job_id)
+
+
+def wait(job_id: str, timeout: float = 600.0, poll: float = 0.2) -> Job:
+    """Block until the job reaches a final state (for scripts and tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = get(job_id)
+        if job.state in FINAL_STATES:
+            return job
+        if time.monotonic() > deadline:
+            raise JobError(f"job {job_id} still {job.state} after {timeout:.0f} s.")
+        time.sleep(poll)
+
+
+class JobReporter:
+    """What a job process writes to its record: progress, artifacts, and how it ended."""
+
+    def __init__(self, job_id: str, min_interval: float = 0.5) -> None:
+        self.job_id = job_id
+        self.min_interval = min_interval
+        self._last = 0.0
+
+    def _update(self, sql: str, args: tuple[Any, ...]) -> None:
+        with closing(_connect()) as conn:
+            conn.execute(sql, (*args, self.job_id))
+
+    def cancelled(self) -> bool:
+        return get(self.job_id).state == "cancelled"
+
+    def progress(self, done: int, total: int, message: str) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < self.min_interval:
+            return
+        self._last = now
+        self._update("UPDATE jobs SET done=?, total=?, message=? WHERE id=? AND state='running'", (done, total, message))
+
+    def artifact(self, name: str, path: str | Path) -> None:
+        with closing(_connect()) as conn:
+            row = conn.execute("SELECT artifacts FROM jobs WHERE id=?", (self.job_id,)).fetchone()
+            artifacts = json.loads(row[0]) if row else {}
+            artifacts[name] = str(path)
+            conn.execute("UPDATE jobs SET artifacts=? WHERE id=?", (json.dumps(artifacts), self.job_id))
+
+    def finish(self, error: str = "") -> None:
+        state = "failed" if error else "done"
+        with closing(_connect()) as conn:
+            conn.execute(
+                "UPDATE jobs SET state=?, finished=?, error=? WHERE id=? AND state='running'",
+                (state, time.time(), error, self.job_id),
+            )
+            conn.execute("UPDATE jobs SET pid=NULL WHERE id=?", (self.job_id,))
+            _dispatch(conn)

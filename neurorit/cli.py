@@ -102,10 +102,17 @@ def _progress_adapter(job_id: str | None, quiet: bool) -> tuple[Callable[[int, i
     return on_progress, close
 
 
+CONFIG_KEYS = ("model", "data", "format", "limit", "add_distractors", "mining", "selection", "prompt", "eval")
+
+
 def _load_config_file(args: argparse.Namespace) -> dict[str, Any]:
     from neurorit.configs import load_yaml
 
-    return load_yaml(args.config) if getattr(args, "config", None) else {}
+    file_cfg = load_yaml(args.config) if getattr(args, "config", None) else {}
+    unknown = sorted(set(file_cfg) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"config file {args.config}: unknown key(s) {unknown}; known keys are {list(CONFIG_KEYS)}.")
+    return file_cfg
 
 
 def _section(file_cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -161,8 +168,12 @@ def _prompt_config(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
 def _mining_config(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
     from neurorit.attribution import MiningConfig
 
+    baseline = args.baseline
+    section = _section(file_cfg, "mining")
+    if baseline is None and "baseline" not in section and (args.positions or section.get("positions")) == "all":
+        baseline = "zero"  # the only baseline defined for every position
     return _build(MiningConfig, file_cfg, "mining", {
-        "layers": _int_list(args.layers), "baseline": args.baseline, "positions": args.positions,
+        "layers": _int_list(args.layers), "baseline": baseline, "positions": args.positions,
         "target": args.target, "n_steps": args.n_steps, "quadrature": args.quadrature,
         "max_rows_per_pass": args.max_rows_per_pass,
     })
@@ -177,6 +188,7 @@ def _selection_rule(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
 
 
 def _eval_config(args: argparse.Namespace, file_cfg: dict[str, Any], prompt_config: Any) -> Any:
+    from neurorit.configs import from_dict
     from neurorit.evaluation import EvalConfig
 
     data = _section(file_cfg, "eval")
@@ -187,7 +199,7 @@ def _eval_config(args: argparse.Namespace, file_cfg: dict[str, Any], prompt_conf
     for key in ("views", "noise_levels"):
         if isinstance(data.get(key), list):
             data[key] = tuple(data[key])
-    return EvalConfig(prompt=prompt_config, **data)
+    return from_dict(EvalConfig, {**data, "prompt": prompt_config})  # unknown fields: ConfigError
 
 
 def _print_counts(title: str, sets: dict[str, Any]) -> None:
@@ -533,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("submit", help="run mine / evaluate / ablate as a background job")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="COMMAND ...",
+                   help="mine, evaluate or ablate and its options, e.g. `mine --data demo --limit 10`")
     p.set_defaults(func=cmd_submit)
     return parser
 
@@ -551,8 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.func(args)
     except NeuroritError as exc:
-        print(f"neurorit: error: {exc}", file=sys.stderr)
-        code, error = 2, str(exc)
+        error = " ".join(str(exc).split())  # one line, even for a multi-line YAML parser message
+        print(f"neurorit: error: {error}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         print("neurorit: interrupted", file=sys.stderr)
         code, error = 130, "interrupted"

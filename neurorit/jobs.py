@@ -138,23 +138,27 @@ def _dispatch(conn: sqlite3.Connection) -> None:
     """Start queued jobs, oldest first, while fewer than max_running() run."""
     _reap_dead(conn)
     while True:
-        running = conn.execute("SELECT COUNT(*) FROM jobs WHERE state='running'").fetchone()[0]
-        if running >= max_running():
-            return
-        row = conn.execute("SELECT id, argv, log_path FROM jobs WHERE state='queued' ORDER BY created LIMIT 1").fetchone()
-        if row is None:
-            return
-        job_id, argv, log_path = row
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "neurorit", *json.loads(argv), "--job-id", job_id],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**os.environ, "NEURORIT_CACHE": str(cache_root())},
+        conn.execute("BEGIN IMMEDIATE")  # one dispatcher at a time (any process): a queued job starts once
+        try:
+            running = conn.execute("SELECT COUNT(*) FROM jobs WHERE state='running'").fetchone()[0]
+            if running >= max_running():
+                return
+            row = conn.execute("SELECT id, argv, log_path FROM jobs WHERE state='queued' ORDER BY created LIMIT 1").fetchone()
+            if row is None:
+                return
+            job_id, argv, log_path = row
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "neurorit", *json.loads(argv), "--job-id", job_id],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    env={**os.environ, "NEURORIT_CACHE": str(cache_root())},
+                )
+            conn.execute(
+                "UPDATE jobs SET state='running', started=?, pid=? WHERE id=?", (time.time(), proc.pid, job_id)
             )
-        conn.execute(
-            "UPDATE jobs SET state='running', started=?, pid=? WHERE id=?", (time.time(), proc.pid, job_id)
-        )
+        finally:
+            conn.execute("COMMIT")
 
 
 def submit(kind: str, argv: list[str]) -> Job:

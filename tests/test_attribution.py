@@ -37,7 +37,7 @@ def test_last_position_ig_matches_captum(tiny_model, tokenizer, quadrature, base
 @pytest.mark.parametrize("target", ["answer", "first_token"])
 def test_all_position_ig_matches_captum(tiny_model, tokenizer, target):
     prompt, answer = _ids(tokenizer, "Passage: water boils at one hundred degrees. Question: when does water boil?", " at 100 degrees")
-    config = MiningConfig(n_steps=5, positions="all", target=target, max_rows_per_pass=4)
+    config = MiningConfig(baseline="zero", n_steps=5, positions="all", target=target, max_rows_per_pass=4)
     scores = attribute_neurons(tiny_model, prompt, answer, config)
     targets = answer[:1] if target == "first_token" else answer
     for layer in range(tiny_model.cfg.n_layers):
@@ -47,23 +47,23 @@ def test_all_position_ig_matches_captum(tiny_model, tokenizer, target):
 
 def test_completeness_gap_small_with_20_midpoint_steps(tiny_model, tokenizer):
     prompt, answer = _ids(tokenizer, "Passage: Rome is the capital of Italy. Question: capital of Italy?", " Rome")
-    scores = attribute_neurons(tiny_model, prompt, answer, MiningConfig(n_steps=20))
+    scores = attribute_neurons(tiny_model, prompt, answer, MiningConfig(baseline="zero", n_steps=20))
     assert scores.max_relative_gap() < 0.01
     # the gap is measured, not assumed: with one step it is clearly larger
-    coarse = attribute_neurons(tiny_model, prompt, answer, MiningConfig(n_steps=1))
+    coarse = attribute_neurons(tiny_model, prompt, answer, MiningConfig(baseline="zero", n_steps=1))
     assert coarse.max_relative_gap() > scores.max_relative_gap()
 
 
 def test_chunking_does_not_change_scores(tiny_llama, tokenizer):
     prompt, answer = _ids(tokenizer, "Passage: cats purr when content. Question: what do cats do?", " they purr")
-    a = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=6, max_rows_per_pass=1))
-    b = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=6, max_rows_per_pass=100))
+    a = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(baseline="zero", n_steps=6, max_rows_per_pass=1))
+    b = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(baseline="zero", n_steps=6, max_rows_per_pass=100))
     torch.testing.assert_close(a.scores, b.scores, rtol=1e-5, atol=1e-7)
 
 
 def test_layer_subset_only_scores_those_layers(tiny_llama, tokenizer):
     prompt, answer = _ids(tokenizer, "Question: what is two plus two? Answer:", " four")
-    scores = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=4, layers=(1,)))
+    scores = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(baseline="zero", n_steps=4, layers=(1,)))
     assert scores.layers == (1,)
     assert torch.count_nonzero(scores.scores[0]) == 0 and torch.count_nonzero(scores.scores[1]) > 0
     assert torch.isnan(scores.gap[0]) and not torch.isnan(scores.gap[1])
@@ -71,9 +71,9 @@ def test_layer_subset_only_scores_those_layers(tiny_llama, tokenizer):
 
 def test_preview_is_gradient_times_activation(tiny_llama, tokenizer):
     prompt, answer = _ids(tokenizer, "Question: name a red fruit. Answer:", " apple")
-    preview = preview_neurons(tiny_llama, prompt, answer, MiningConfig())
+    preview = preview_neurons(tiny_llama, prompt, answer, MiningConfig(baseline="zero"))
     # one midpoint step at alpha=1 is the same estimate (gradient at the real activation)
-    ig_at_end = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=1))
+    ig_at_end = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(baseline="zero", n_steps=1))
     assert preview.method == "preview" and preview.scores.shape == ig_at_end.scores.shape
     assert torch.corrcoef(torch.stack([preview.scores.flatten(), ig_at_end.scores.flatten()]))[0, 1] > 0.5
 
@@ -106,19 +106,19 @@ def test_mining_config_round_trip_and_errors():
 def test_layers_outside_the_model_are_refused(tiny_llama, tokenizer):
     prompt, answer = _ids(tokenizer, "Question: hi? Answer:", " hello")
     with pytest.raises(ConfigError, match="has 2 layers"):
-        attribute_neurons(tiny_llama, prompt, answer, MiningConfig(layers=(5,)))
+        attribute_neurons(tiny_llama, prompt, answer, MiningConfig(baseline="zero", layers=(5,)))
 
 
 def test_refinement_meets_the_gap_it_asks_for(tiny_llama, tokenizer):
     prompt, answer = _ids(tokenizer, "Passage: the Nile flows north. Question: which way does the Nile flow?", " north")
-    coarse = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=1))
+    coarse = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(baseline="zero", n_steps=1))
     assert coarse.max_relative_gap() > 1e-4
-    refined = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=1, refine_gap=1e-4, max_steps=512))
+    refined = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(baseline="zero", n_steps=1, refine_gap=1e-4, max_steps=512))
     assert refined.max_relative_gap() <= 1e-4
     assert refined.config["steps_per_layer"]  # some layer needed more steps
     # refined scores equal a direct run at the step count refinement settled on
     layer, steps = next(iter(refined.config["steps_per_layer"].items()))
-    direct = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=steps))
+    direct = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(baseline="zero", n_steps=steps))
     torch.testing.assert_close(refined.scores[int(layer)], direct.scores[int(layer)], rtol=1e-5, atol=1e-7)
 
 
@@ -127,7 +127,16 @@ def test_own_answer_target_attributes_the_generated_tokens(tiny_llama, tokenizer
 
     prompt, answer = _ids(tokenizer, "Question: what is the colour of grass? Answer:", " green")
     own = generate_tokens(tiny_llama, prompt, max_new_tokens=3)
-    scores = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(n_steps=4, target="own_answer", own_answer_max_tokens=3))
+    scores = attribute_neurons(tiny_llama, prompt, answer, MiningConfig(baseline="zero", n_steps=4, target="own_answer", own_answer_max_tokens=3))
     assert scores.config["target_ids"] == own
-    direct = attribute_neurons(tiny_llama, prompt, own, MiningConfig(n_steps=4))
+    direct = attribute_neurons(tiny_llama, prompt, own, MiningConfig(baseline="zero", n_steps=4))
     torch.testing.assert_close(scores.scores, direct.scores)
+
+
+def test_completeness_with_the_no_context_baseline(tiny_model, tokenizer):
+    prompt, answer = _ids(tokenizer, "Passage: Rome is the capital of Italy. Question: capital of Italy?", " Rome")
+    closed = tokenizer("Question: capital of Italy?").input_ids
+    scores = attribute_neurons(tiny_model, prompt, answer, MiningConfig(n_steps=20), baseline_ids=closed)
+    assert scores.max_relative_gap() < 0.01
+    with pytest.raises(ConfigError, match="closed-book"):
+        attribute_neurons(tiny_model, prompt, answer, MiningConfig(n_steps=20))

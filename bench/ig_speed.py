@@ -2,7 +2,7 @@
 
 For one ~500-token noisy prompt (a real NQ-open question with four other questions' passages
 when ../shared/data is present, else a demo example), all layers, m = 20 midpoint steps, last
-prompt position, gold-answer target, zero baseline, it prints:
+prompt position, gold-answer target, no-context baseline (default), it prints:
   - neurorit's time (prefix KV cache, folded copies, block replay),
   - captum's time (IntegratedGradients on the hook, full sequence, layer by layer),
   - their ratio and the max relative difference of the scores,
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from neurorit.attribution import MiningConfig, attribute_neurons, preview_neurons  # noqa: E402
+from neurorit.attribution import MiningConfig, baseline_activations, attribute_neurons, preview_neurons  # noqa: E402
 from neurorit.cli import _int_list  # noqa: E402
 from neurorit.data import demo_examples, load_examples  # noqa: E402
 from neurorit.models import load_model  # noqa: E402
@@ -43,8 +43,9 @@ def pick_prompt(model, target_tokens: int = 500):  # type: ignore[no-untyped-def
     else:
         examples, source = demo_examples(), "demo set"
     prompts = [build_prompt(e, "noisy", config, model.tokenizer) for e in examples]
-    best = min(prompts, key=lambda p: abs(p.n_tokens - target_tokens))
-    return best, source
+    best = min(range(len(prompts)), key=lambda i: abs(prompts[i].n_tokens - target_tokens))
+    closed = build_prompt(examples[best], "closed_book", config, model.tokenizer)
+    return prompts[best], closed, source
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,6 +59,7 @@ def main() -> int:
     parser.add_argument("--captum-layers", default=None, help="layers captum runs (default: all)")
     parser.add_argument("--n-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--baseline", choices=["no_context", "zero"], default="no_context")
     parser.add_argument("--repeats", type=int, default=3, help="neurorit timing repeats (median reported)")
     parser.add_argument("--all-positions-layer", type=int, default=None,
                         help="also time all-position IG on this layer against captum")
@@ -65,26 +67,27 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(None, device="cpu", dtype="float32")
-    prompt, source = pick_prompt(model)
+    prompt, closed, source = pick_prompt(model)
     n_layers = int(model.cfg.n_layers)
-    config = MiningConfig(n_steps=args.n_steps)
+    config = MiningConfig(n_steps=args.n_steps, baseline=args.baseline)
+    baseline_ids = closed.token_ids if args.baseline == "no_context" else None
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"prompt: {prompt.example_id} from {source}: {prompt.n_tokens} prompt tokens, "
           f"{len(prompt.answer_ids)} answer tokens; {n_layers} layers x {model.cfg.d_mlp} neurons, m = {args.n_steps}")
 
-    attribute_neurons(model, prompt.token_ids, prompt.answer_ids, MiningConfig(n_steps=2, layers=(n_layers - 1,)))  # warm-up
+    attribute_neurons(model, prompt.token_ids, prompt.answer_ids, MiningConfig(n_steps=2, baseline="zero", layers=(n_layers - 1,)))  # warm-up
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        ours = attribute_neurons(model, prompt.token_ids, prompt.answer_ids, config)
+        ours = attribute_neurons(model, prompt.token_ids, prompt.answer_ids, config, baseline_ids=baseline_ids)
         times.append(time.perf_counter() - start)
     ours_time = sorted(times)[len(times) // 2]
     print(f"neurorit IG, all {n_layers} layers: {ours_time:.2f} s (median of {args.repeats}: "
           + ", ".join(f"{t:.2f}" for t in times) + ")")
 
     start = time.perf_counter()
-    preview = preview_neurons(model, prompt.token_ids, prompt.answer_ids, config)
+    preview = preview_neurons(model, prompt.token_ids, prompt.answer_ids, config, baseline_ids=baseline_ids)
     preview_time = time.perf_counter() - start
     print(f"one-gradient preview: {preview_time:.2f} s; Spearman rank correlation with IG over all neurons "
           f"{spearman(preview.scores, ours.scores):.3f}; per layer median "
@@ -94,7 +97,11 @@ def main() -> int:
     rel = []
     start = time.perf_counter()
     for layer in captum_layers:
-        ref = captum_layer_ig(model, prompt.token_ids, prompt.answer_ids, layer, config, internal_batch_size=args.n_steps)
+        base = None
+        if baseline_ids is not None:
+            base = baseline_activations(model, [layer], int(model.cfg.d_mlp), config, baseline_ids)[layer]
+        ref = captum_layer_ig(model, prompt.token_ids, prompt.answer_ids, layer, config, baseline=base,
+                              internal_batch_size=args.n_steps)
         rel.append(float((ours.scores[layer].double() - ref.double()).abs().max() / ref.double().abs().max()))
     captum_time = time.perf_counter() - start
     scaled = captum_time * n_layers / len(captum_layers)
@@ -110,7 +117,8 @@ def main() -> int:
 
     if args.all_positions_layer is not None:
         layer = args.all_positions_layer
-        allpos = MiningConfig(n_steps=args.n_steps, positions="all", layers=(layer,), max_rows_per_pass=args.n_steps)
+        allpos = MiningConfig(n_steps=args.n_steps, positions="all", baseline="zero", layers=(layer,),
+                              max_rows_per_pass=args.n_steps)
         start = time.perf_counter()
         mine = attribute_neurons(model, prompt.token_ids, prompt.answer_ids, allpos)
         t_ours = time.perf_counter() - start

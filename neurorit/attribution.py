@@ -339,9 +339,10 @@ def _gaps(grid: Tensor, f_x: float, f_base: dict[int, float], layers: Sequence[i
     return gap
 
 
-def _baseline_acts(
+def baseline_activations(
     model: Any, layers: Sequence[int], d_mlp: int, config: MiningConfig, baseline_ids: Sequence[int] | None
 ) -> dict[int, Tensor]:
+    """The baseline a' per layer: zeros, or the last-token activation of the closed-book prompt."""
     if config.baseline == "zero":
         return {layer: torch.zeros(d_mlp) for layer in layers}
     site = neuron_site(model)
@@ -378,7 +379,7 @@ def _ig_last_position(
         with model.hooks(fwd_hooks=hooks):
             clean = model(suffix[None], past_key_values=_clone_cache(cache))
         f_x = float(_answer_logprob_rows(clean, targets)[0])
-    base = _baseline_acts(model, layers, d_mlp, config, baseline_ids)
+    base = baseline_activations(model, layers, d_mlp, config, baseline_ids)
 
     # 3. rows = (layer, alpha, weight), alpha = 0 rows give f(x'_L); lowest layers last so that
     #    each pass replays as many blocks as possible
@@ -543,7 +544,7 @@ def preview_neurons(
             logits = model(tokens)
         f = _answer_logprob_rows(logits[:, n_prompt - 1 :], targets)[0]
         grads = torch.autograd.grad(f, [acts[l] for l in layers])
-        base = _baseline_acts(model, layers, d_mlp, config, baseline_ids)
+        base = baseline_activations(model, layers, d_mlp, config, baseline_ids)
     n_layers = int(model.cfg.n_layers)
     grid = torch.zeros(n_layers, d_mlp, dtype=torch.float64)
     nan = torch.full((n_layers,), float("nan"), dtype=torch.float64)

@@ -27,9 +27,9 @@ def test_last_position_ig_matches_captum(tiny_model, tokenizer, quadrature, base
     for layer in range(tiny_model.cfg.n_layers):
         base = None
         if baseline == "no_context":
-            from neurorit.attribution import _baseline_acts
+            from neurorit.attribution import baseline_activations
 
-            base = _baseline_acts(tiny_model, [layer], tiny_model.cfg.d_mlp, config, closed)[layer]
+            base = baseline_activations(tiny_model, [layer], tiny_model.cfg.d_mlp, config, closed)[layer]
         ref = captum_layer_ig(tiny_model, prompt, answer, layer, config, baseline=base)
         assert _rel(scores.scores[layer], ref) < 1e-5
 

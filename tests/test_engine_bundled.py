@@ -31,10 +31,10 @@ def test_ig_matches_captum_on_the_bundled_model(smol, demo_prompts):
     prompt, closed = demo_prompts
     config = MiningConfig(n_steps=20, layers=(0, 14, 29))
     ours = attribute_neurons(smol, prompt.token_ids, prompt.answer_ids, config, baseline_ids=closed.token_ids)
-    from neurorit.attribution import _baseline_acts
+    from neurorit.attribution import baseline_activations
 
     for layer in config.layers:
-        base = _baseline_acts(smol, [layer], smol.cfg.d_mlp, config, closed.token_ids)[layer]
+        base = baseline_activations(smol, [layer], smol.cfg.d_mlp, config, closed.token_ids)[layer]
         ref = captum_layer_ig(smol, prompt.token_ids, prompt.answer_ids, layer, config, baseline=base, internal_batch_size=20)
         rel = (ours.scores[layer].double() - ref.double()).abs().max() / ref.double().abs().max()
         assert rel < 1e-5, f"layer {layer}: relative difference {float(rel):.2e}"

@@ -47,3 +47,22 @@ def test_bundled_model_loads_offline_and_answers(smol):
         logits = smol(ids)
     assert smol.tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
     assert model_identity(smol).name == BUNDLED_MODEL
+
+
+def test_a_hub_name_in_the_local_cache_loads_offline(tiny_llama_dir, tmp_path, monkeypatch):
+    """`--model org/name` resolves through the Hugging Face cache layout, never the network."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--neurorit-test--tiny-llama"
+    shutil.copytree(tiny_llama_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    path = resolve_model_path("neurorit-test/tiny-llama")
+    assert path == repo / "snapshots" / commit
+    model = load_model("neurorit-test/tiny-llama", device="cpu")
+    assert model.cfg.n_layers == 2

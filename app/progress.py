@@ -1,0 +1,50 @@
+"""An `st.progress` adapter for the library's `on_progress(done, total, message)` callbacks.
+
+Owns: drawing one progress bar with the message, the count and an ETA; splitting one bar over
+several stages (e.g. IG on the relevant view, then the irrelevant view). Must not: compute
+anything itself. The user stops long work with Streamlit's Stop button: the next progress call
+then ends the script run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import streamlit as st
+
+from app.views import format_seconds
+from neurorit.types import ProgressFn
+
+
+class StreamlitProgress:
+    """Callable as on_progress; `stage(i, n, name)` gives the callback of stage i of n."""
+
+    def __init__(self, label: str, container: Any | None = None) -> None:
+        self.label = label
+        self.start = time.perf_counter()
+        self._slot = (container or st).empty()
+        self._bar = self._slot.progress(0.0, text=f"{label}: starting…")
+        self.calls: list[tuple[int, int, str]] = []
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        self.calls.append((done, total, message))
+        fraction = min(1.0, max(0.0, done / total)) if total else 0.0
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / fraction * (1 - fraction) if fraction > 0 else None
+        text = f"{self.label}: {message} · {fraction:.0%} · {format_seconds(elapsed)} elapsed"
+        if eta is not None and fraction < 1:
+            text += f" · ETA {format_seconds(eta)}"
+        self._bar.progress(fraction, text=text)
+
+    def stage(self, index: int, n_stages: int, name: str) -> ProgressFn:
+        """A callback mapping one stage's progress onto its slice [index/n, (index+1)/n] of the bar."""
+
+        def report(done: int, total: int, message: str) -> None:
+            part = done / total if total else 0.0
+            self(int(round((index + part) * 1000)), n_stages * 1000, f"{name}: {message}")
+
+        return report
+
+    def clear(self) -> None:
+        self._slot.empty()

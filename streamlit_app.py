@@ -1,0 +1,43 @@
+"""The neurorit workbench: `streamlit run streamlit_app.py --server.address 127.0.0.1`.
+
+One page per step of the data flow (pages/): model & data -> explore one example -> mine a dataset
+-> ablate -> masks, and a place for training. Defaults come from NEURORIT_MODEL (a local model
+folder or cached hub name; unset = the bundled SmolLM2-135M-Instruct), NEURORIT_DEVICE and
+NEURORIT_DTYPE.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:  # `app` beside this file, whatever the working directory
+    sys.path.insert(0, str(ROOT))
+
+from app.forms import keep_widget_state  # noqa: E402
+
+st.set_page_config(page_title="neurorit workbench", page_icon=":material/neurology:", layout="wide")
+keep_widget_state()
+
+PAGES = {
+    "Workbench": [
+        st.Page(str(ROOT / "pages" / "model_data.py"), title="Model & data", icon=":material/database:", url_path="model-data", default=True),
+        st.Page(str(ROOT / "pages" / "explore.py"), title="Explore one example", icon=":material/biotech:", url_path="explore"),
+        st.Page(str(ROOT / "pages" / "mine.py"), title="Mine a dataset", icon=":material/construction:", url_path="mine"),
+        st.Page(str(ROOT / "pages" / "ablate.py"), title="Ablate (what-if)", icon=":material/content_cut:", url_path="ablate"),
+        st.Page(str(ROOT / "pages" / "masks.py"), title="Masks", icon=":material/masks:", url_path="masks"),
+    ],
+    "Coming next": [
+        st.Page(str(ROOT / "pages" / "train.py"), title="Train", icon=":material/model_training:", url_path="train"),
+    ],
+}
+
+try:
+    st.navigation(PAGES).run()
+except Exception as exc:  # noqa: BLE001  the last resort: a message, never a traceback
+    logging.getLogger("neurorit.app").exception("a page failed")
+    st.error(f"Something went wrong: {type(exc).__name__}: {exc}. The details are in the server log.")

@@ -184,6 +184,7 @@ def _selection_rule(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
 
     return _build(SelectionRule, file_cfg, "selection", {
         "mode": args.mode, "threshold": args.threshold, "top_k": args.top_k, "support": args.support,
+        "scope": args.scope, "use_abs": True if args.use_abs else None,
     })
 
 
@@ -340,18 +341,21 @@ def _load_mask(path: str, model: Any, strict: bool) -> Any:
     return NeuronMask.load(Path(path), model, strict=strict)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from neurorit.evaluation import evaluate
-
+def _eval_inputs(args: argparse.Namespace, mask_required: bool) -> tuple[Any, Any, Any, list[Any]]:
+    """(eval config, model, mask or None, examples) from flags and the config file."""
     file_cfg = _load_config_file(args)
-    prompts = _prompt_config(args, file_cfg)
-    config = _eval_config(args, file_cfg, prompts)
+    config = _eval_config(args, file_cfg, _prompt_config(args, file_cfg))
     examples = _examples(args, file_cfg)
     model = _model(args, file_cfg)
-    mask = _load_mask(args.mask, model, not args.loose) if args.mask else None
+    mask = _load_mask(args.mask, model, not args.loose) if (args.mask or mask_required) else None
+    return config, model, mask, examples
+
+
+def _run_report(args: argparse.Namespace, run: Callable[[Callable[[int, int, str], None]], Any]) -> int:
+    """Run an evaluation with a progress bar, print its table, save it when asked."""
     on_progress, close = _progress_adapter(args.job_id, args.quiet)
     try:
-        report = evaluate(model, examples, config, mask=mask, label="masked" if mask else "base", on_progress=on_progress)
+        report = run(on_progress)
     finally:
         close()
     print(report.table().to_string(index=False))
@@ -361,15 +365,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from neurorit.evaluation import evaluate
+
+    config, model, mask, examples = _eval_inputs(args, mask_required=False)
+    label = "masked" if mask else "base"
+    return _run_report(args, lambda progress: evaluate(model, examples, config, mask=mask, label=label, on_progress=progress))
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from neurorit.evaluation import ablate, what_if
 
-    file_cfg = _load_config_file(args)
-    prompts = _prompt_config(args, file_cfg)
-    config = _eval_config(args, file_cfg, prompts)
-    model = _model(args, file_cfg)
-    mask = _load_mask(args.mask, model, not args.loose)
-    examples = _examples(args, file_cfg)
+    config, model, mask, examples = _eval_inputs(args, mask_required=True)
     if args.example:
         matches = [e for e in examples if e.id == args.example]
         if not matches:
@@ -379,17 +386,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             print(f"[{row.view}] before: {row.answer_before!r} ({mark(row.correct_before)}, log p {row.logprob_before:.2f})"
                   f"  after: {row.answer_after!r} ({mark(row.correct_after)}, log p {row.logprob_after:.2f})")
         return 0
-    on_progress, close = _progress_adapter(args.job_id, args.quiet)
-    try:
-        report = ablate(model, examples, config, mask, control_seed=None if args.no_control else args.control_seed,
-                        on_progress=on_progress)
-    finally:
-        close()
-    print(report.table().to_string(index=False))
-    if args.out:
-        report.save(Path(args.out))
-        print(f"report: {args.out}")
-    return 0
+    seed = None if args.no_control else args.control_seed
+    return _run_report(args, lambda progress: ablate(model, examples, config, mask, control_seed=seed, on_progress=progress))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -425,11 +423,100 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace) -> Any:
+    from neurorit.configs import load_yaml
+    from neurorit.training import TrainConfig
+
+    data = load_yaml(args.config) if args.config else {}
+    overrides = {
+        "method": args.method, "model": args.model, "device": args.device, "data": args.data, "format": args.format,
+        "limit": args.limit, "mined": args.mined, "mask": args.mask, "target_layers": _int_list(args.target_layers),
+        "n_distractors": _int_list(args.n_distractors), "max_steps": args.max_steps, "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum, "lr": args.lr, "seed": args.train_seed, "stage2_loss": args.stage2_loss,
+        "checkpoint_every": args.checkpoint_every, "n_eval": args.n_eval, "threads": args.threads,
+        "max_prompt_tokens": args.max_prompt_tokens,
+    }
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if args.no_eval_before:
+        data["eval_before"] = False
+    if args.noise_levels is not None or args.views is not None:
+        eval_cfg = dict(data.get("eval") or {})
+        if args.noise_levels is not None:
+            eval_cfg["noise_levels"] = list(_int_list(args.noise_levels) or ())
+        if args.views is not None:
+            eval_cfg["views"] = list(_str_list(args.views) or ())
+        data["eval"] = eval_cfg
+    if isinstance(data.get("eval"), dict):
+        from neurorit.training.config import DEFAULT_EVAL
+
+        defaults = DEFAULT_EVAL.to_dict()
+        data["eval"] = {**defaults, **data["eval"]}
+    return TrainConfig.from_dict(data)
+
+
+def _print_train_report(report: Any) -> None:
+    row = report.summary_row()
+    print(f"{report.method}: {report.status}, {report.steps} steps, trainable {row['trainable_params']:,} "
+          f"({row['trainable_%']:.2f} %), {report.wall_time_s:.1f} s training, peak memory "
+          f"{row['peak_memory_MiB']:.0f} MiB")
+    table = report.table()
+    if len(table):
+        print(table.to_string(index=False))
+    if report.final_checkpoint:
+        print(f"tuned model (mask baked in): {report.final_checkpoint}")
+    print(f"run folder: {report.run_dir}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from neurorit.training import default_run_dir, train
+
+    config = _train_config(args)
+    run_dir = Path(args.out) if args.out else default_run_dir(config)
+    if args.job_id:
+        from neurorit.jobs import JobReporter
+
+        JobReporter(args.job_id).artifact("run", run_dir)
+    on_progress, close = _progress_adapter(args.job_id, args.quiet)
+    try:
+        report = train(config, Path(args.out) if args.out else None, job_id=args.job_id, on_progress=on_progress)
+    finally:
+        close()
+    if args.job_id:
+        from neurorit.jobs import JobReporter
+
+        reporter = JobReporter(args.job_id)
+        reporter.artifact("report", Path(report.run_dir) / "report.json")
+        if report.final_checkpoint:
+            reporter.artifact("final", report.final_checkpoint)
+    _print_train_report(report)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from neurorit.training import resume
+
+    if args.job_id:
+        from neurorit.jobs import JobReporter
+
+        JobReporter(args.job_id).artifact("run", args.run_dir)
+    on_progress, close = _progress_adapter(args.job_id, args.quiet)
+    try:
+        report = resume(Path(args.run_dir), job_id=args.job_id, on_progress=on_progress)
+    finally:
+        close()
+    if args.job_id:
+        from neurorit.jobs import JobReporter
+
+        JobReporter(args.job_id).artifact("report", Path(report.run_dir) / "report.json")
+    _print_train_report(report)
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from neurorit import jobs
 
-    if not args.rest or args.rest[0] not in ("mine", "evaluate", "ablate"):
-        raise UsageError("`neurorit submit` runs `mine`, `evaluate` or `ablate` as a background job, e.g. "
+    if not args.rest or args.rest[0] not in ("mine", "evaluate", "ablate", "train", "resume"):
+        raise UsageError("`neurorit submit` runs `mine`, `evaluate`, `ablate`, `train` or `resume` as a background job, e.g. "
                          "`neurorit submit mine --data demo`.")
     job = jobs.submit(args.rest[0], list(args.rest))
     print(f"submitted {job.id} ({job.state}); follow it with `neurorit jobs show {job.id}`")
@@ -493,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=float, help="relative threshold (default 0.2)")
     g.add_argument("--top-k", type=int)
     g.add_argument("--support", type=float, help="fraction of examples that must select a neuron (default 0.5)")
+    g.add_argument("--scope", choices=["example", "layer"], help="threshold / top-k over the whole example (default) or per layer")
+    g.add_argument("--use-abs", action="store_true", help="rank neurons by |score| instead of signed score")
     p.add_argument("--out-json", help="also write the result's path and counts to this JSON file")
     p.set_defaults(func=cmd_mine)
 
@@ -544,9 +633,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600)
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("submit", help="run mine / evaluate / ablate as a background job")
+    p = sub.add_parser("train", help="Neuro-RIT or a baseline: train, evaluate before / after, bake (see neurorit.training)")
+    p.add_argument("--config", help="YAML or JSON file of TrainConfig fields; flags override it")
+    p.add_argument("--out", help="run folder (default cache/runs/<method>-<config hash>)")
+    p.add_argument("--method", help="neuro_rit, full, lora, retrobust, random_mask or ralm")
+    _add_model_args(p)
+    p.add_argument("--data", help="'demo' or a dataset file")
+    p.add_argument("--format", help="dataset format (default: detected)")
+    p.add_argument("--limit", type=int, help="use the first N examples (before the train/dev/test split)")
+    p.add_argument("--mined", help="a mined folder (neuro_rit, random_mask): mask and target layers")
+    p.add_argument("--mask", help="a mask folder instead of the mined irrelevant-exclusive set")
+    p.add_argument("--target-layers", help="explicit target layers, e.g. '10,12,14'")
+    p.add_argument("--n-distractors", help="training distractor counts drawn per example, e.g. '1-4'")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, dest="train_seed")
+    p.add_argument("--stage2-loss", choices=["ce", "kl", "ce_kl"])
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--max-prompt-tokens", type=int)
+    p.add_argument("--n-eval", type=int, help="test examples evaluated before / after")
+    p.add_argument("--views", help="evaluated views, e.g. 'relevant,noisy'")
+    p.add_argument("--noise-levels", help="distractor counts of the noisy evaluation, e.g. '2,4'")
+    p.add_argument("--no-eval-before", action="store_true", help="skip the evaluation of the untrained model")
+    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--job-id", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("resume", help="continue a training run from its last checkpoint")
+    p.add_argument("run_dir", help="the run folder")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--job-id", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("submit", help="run mine / evaluate / ablate / train / resume as a background job")
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="COMMAND ...",
-                   help="mine, evaluate or ablate and its options, e.g. `mine --data demo --limit 10`")
+                   help="mine, evaluate, ablate, train or resume and its options, e.g. `mine --data demo --limit 10`")
     p.set_defaults(func=cmd_submit)
     return parser
 

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -515,6 +516,24 @@ class WhatIf:
     correct_after: bool
 
 
+_UNMASKED: "OrderedDict[tuple[Any, ...], tuple[str, float]]" = OrderedDict()
+_UNMASKED_SIZE = 256
+
+
+def _unmasked_answer(model: Any, prompt: Prompt, max_new_tokens: int) -> tuple[str, float]:
+    """answer_and_logprob without a mask, remembered per (weights, prompt): a what-if that only
+    changes the mask recomputes the masked side alone."""
+    key = (model_identity(model).fingerprint, prompt.token_ids, prompt.answer_ids, max_new_tokens)
+    if key in _UNMASKED:
+        _UNMASKED.move_to_end(key)
+        return _UNMASKED[key]
+    result = answer_and_logprob(model, prompt, max_new_tokens=max_new_tokens)
+    _UNMASKED[key] = result
+    if len(_UNMASKED) > _UNMASKED_SIZE:
+        _UNMASKED.popitem(last=False)
+    return result
+
+
 def what_if(
     model: Any,
     example: RagExample,
@@ -533,7 +552,7 @@ def what_if(
     plan, _ = _prompt_plan(model, [example], one)
     if not plan:
         return []
-    before = [answer_and_logprob(model, p, max_new_tokens=config.max_new_tokens) for _, _, p in plan]
+    before = [_unmasked_answer(model, p, config.max_new_tokens) for _, _, p in plan]
     with mask.applied(model, strict=strict):
         after = [answer_and_logprob(model, p, max_new_tokens=config.max_new_tokens) for _, _, p in plan]
     return [

@@ -335,3 +335,25 @@ def test_bundled_model_answers_an_easy_question_with_its_passage(smol):
     answer = generate_answer(smol, prompt, max_new_tokens=16)
     assert answer.strip()
     assert "Canberra" in answer
+
+
+def test_what_if_reuses_the_unmasked_side_and_stays_correct(tiny_llama, monkeypatch):
+    """The second what-if with another mask computes only the masked answers, with equal results."""
+    from neurorit import evaluation
+    from neurorit.data import demo_examples
+    from neurorit.masks import NeuronMask
+    from neurorit.neurons import NeuronSet
+
+    example = demo_examples()[0]
+    config = evaluation.EvalConfig(views=("relevant",), max_new_tokens=3)
+    mask_a = NeuronMask.silencing(NeuronSet.from_neurons([(0, 1)], 2, 48), tiny_llama)
+    mask_b = NeuronMask.silencing(NeuronSet.from_neurons([(1, 2)], 2, 48), tiny_llama)
+    first = evaluation.what_if(tiny_llama, example, mask_a, config)
+    calls = []
+    real = evaluation.answer_and_logprob
+    monkeypatch.setattr(evaluation, "answer_and_logprob", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = evaluation.what_if(tiny_llama, example, mask_b, config)
+    assert len(calls) == 1  # only the masked side ran
+    assert (second[0].answer_before, second[0].logprob_before) == (first[0].answer_before, first[0].logprob_before)
+    fresh = real(tiny_llama, evaluation.build_prompt(example, "relevant", config.prompt, tiny_llama.tokenizer), max_new_tokens=3)
+    assert (second[0].answer_before, second[0].logprob_before) == fresh

@@ -518,6 +518,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.rest or args.rest[0] not in ("mine", "evaluate", "ablate", "train", "resume"):
         raise UsageError("`neurorit submit` runs `mine`, `evaluate`, `ablate`, `train` or `resume` as a background job, e.g. "
                          "`neurorit submit mine --data demo`.")
+    if args.rest[0] in ("train", "resume"):  # refuse a bad training config now, not in a failed job
+        inner = build_parser().parse_args(list(args.rest))
+        if args.rest[0] == "train":
+            _train_config(inner)
+        elif not (Path(inner.run_dir) / "config.json").is_file():
+            raise UsageError(f"{inner.run_dir} holds no training run to resume (config.json is missing).")
     job = jobs.submit(args.rest[0], list(args.rest))
     print(f"submitted {job.id} ({job.state}); follow it with `neurorit jobs show {job.id}`")
     return 0

@@ -1,9 +1,9 @@
 """The neurorit workbench: `streamlit run streamlit_app.py --server.address 127.0.0.1`.
 
 One page per step of the data flow (pages/): model & data -> explore one example -> mine a dataset
--> ablate -> masks, and a place for training. Defaults come from NEURORIT_MODEL (a local model
-folder or cached hub name; unset = the bundled SmolLM2-135M-Instruct), NEURORIT_DEVICE and
-NEURORIT_DTYPE.
+-> ablate -> masks -> train (Neuro-RIT and the baselines as background jobs). Defaults come from
+NEURORIT_MODEL (a local model folder or cached hub name; unset = the bundled
+SmolLM2-135M-Instruct), NEURORIT_DEVICE and NEURORIT_DTYPE.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ PAGES = {
         st.Page(str(ROOT / "pages" / "mine.py"), title="Mine a dataset", icon=":material/construction:", url_path="mine"),
         st.Page(str(ROOT / "pages" / "ablate.py"), title="Ablate (what-if)", icon=":material/content_cut:", url_path="ablate"),
         st.Page(str(ROOT / "pages" / "masks.py"), title="Masks", icon=":material/masks:", url_path="masks"),
-    ],
-    "Coming next": [
         st.Page(str(ROOT / "pages" / "train.py"), title="Train", icon=":material/model_training:", url_path="train"),
     ],
 }

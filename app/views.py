@@ -2,8 +2,9 @@
 
 Owns: every figure and table the workbench draws (layer x neuron attribution heatmaps, per-layer
 set counts, overlap and stability charts, the top-neuron table with the tokens each neuron
-promotes, answer / what-if / ablation tables, mask and job listings), the health badge of a
-completeness gap, and turning an edited passage table back into an example. Must not: import
+promotes, answer / what-if / ablation tables, mask and job listings, a training run's loss
+curve, progress, runs list and before / after report), the health badge of a completeness gap,
+and turning an edited passage table back into an example. Must not: import
 streamlit, load models, or keep state. The one place that reads a model is `promoted_token_ids`
 (its weights, through `neurorit.models.hf_state_dict`; it runs nothing).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,9 @@ from neurorit.data import Passage, RagExample
 from neurorit.errors import DataError, ModelLoadError
 from neurorit.models import hf_state_dict, neuron_site
 from neurorit.neurons import NeuronSet, SelectionRule, select_example
+
+if TYPE_CHECKING:
+    from neurorit.training.report import TrainReport
 
 SET_NAMES = ("relevant", "irrelevant", "irrelevant-exclusive", "relevant-exclusive", "shared")
 SET_COLORS = {
@@ -511,3 +515,224 @@ def example_from_edit(example: RagExample, question: str, answers_text: str, pas
         relevance_rule=example.relevance_rule if new_passages == example.passages else "edited",
         source=example.source,
     )
+
+
+# ---- training ---------------------------------------------------------------------------------
+# Inputs are what neurorit.training writes: metrics.jsonl records (read_metrics), status.json
+# (read_status), config.json as a dict, and the TrainReport (load_report).
+
+STAGE_COLORS = ("#2b83ba", "#d7191c", "#1a9641", "#7b3294")
+ACTIVE_RUN_STATES = ("queued", "running")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def training_steps(metrics: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The step records as a table (step, stage, loss, lr, grad_norm, eta_s, step_time_s), one row per step.
+
+    A step logged twice (a resumed run writes the steps after its checkpoint again) keeps its
+    last record; rows are sorted by step.
+    """
+    columns = ["step", "stage", "loss", "lr", "grad_norm", "eta_s", "step_time_s"]
+    last: dict[int, Mapping[str, Any]] = {}
+    for record in metrics:
+        if record.get("event") == "step" and _finite(record.get("step")):
+            last[int(record["step"])] = record
+    rows = [{c: (step if c == "step" else last[step].get(c)) for c in columns} for step in sorted(last)]
+    frame = pd.DataFrame(rows, columns=columns)
+    for c in ("loss", "lr", "grad_norm", "eta_s", "step_time_s"):
+        frame[c] = pd.to_numeric(frame[c], errors="coerce")
+    return frame
+
+
+def dev_losses(metrics: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The dev-loss evaluations (step, stage, dev_loss), one per step, sorted by step."""
+    last: dict[int, Mapping[str, Any]] = {}
+    for record in metrics:
+        if record.get("event") == "dev" and _finite(record.get("step")) and _finite(record.get("dev_loss")):
+            last[int(record["step"])] = record
+    rows = [{"step": s, "stage": last[s].get("stage"), "dev_loss": float(last[s]["dev_loss"])} for s in sorted(last)]
+    return pd.DataFrame(rows, columns=["step", "stage", "dev_loss"])
+
+
+def loss_curve_figure(metrics: Sequence[Mapping[str, Any]], *, max_steps: int | None = None, title: str = "") -> go.Figure:
+    """Training loss per optimizer step (one line per stage), dev loss as points, resumes and a failure marked."""
+    steps = training_steps(metrics)
+    dev = dev_losses(metrics)
+    fig = go.Figure()
+    stages = list(dict.fromkeys(str(s) for s in steps["stage"]))
+    for i, stage in enumerate(stages):
+        part = steps[steps["stage"].astype(str) == stage]
+        fig.add_scatter(x=part["step"].tolist(), y=part["loss"].tolist(), mode="lines+markers", name=f"train loss ({stage})",
+                        line={"color": STAGE_COLORS[i % len(STAGE_COLORS)]}, marker={"size": 4},
+                        hovertemplate=f"{stage}<br>step %{{x}}<br>loss %{{y:.4f}}<extra></extra>")
+    if len(dev):
+        fig.add_scatter(x=dev["step"].tolist(), y=dev["dev_loss"].tolist(), mode="markers", name="dev loss",
+                        marker={"color": "#000000", "size": 10, "symbol": "diamond"},
+                        hovertemplate="dev<br>step %{x}<br>loss %{y:.4f}<extra></extra>")
+    for record in metrics:
+        if record.get("event") in ("resume", "failed") and _finite(record.get("step")):
+            resumed = record["event"] == "resume"
+            fig.add_vline(x=float(record["step"]), line={"dash": "dot", "color": "#636363" if resumed else "#d7191c"},
+                          annotation_text="resumed" if resumed else "failed", annotation_position="top left")
+    xaxis: dict[str, Any] = {"title": {"text": "optimizer step"}}
+    if max_steps:
+        xaxis["range"] = [0, max_steps + 0.5]
+    fig.update_layout(
+        height=360, title={"text": title or "Loss on the answer tokens"}, margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        xaxis=xaxis, yaxis={"title": {"text": "loss"}}, legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where a run stands, from its metrics: last step of max_steps, its stage and loss, the ETA."""
+
+    step: int
+    max_steps: int
+    stage: str
+    loss: float
+    eta_s: float | None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.max_steps) if self.max_steps else 0.0
+
+    def text(self) -> str:
+        parts = [f"step {self.step}/{self.max_steps}"]
+        if self.stage:
+            parts.append(self.stage)
+        if math.isfinite(self.loss):
+            parts.append(f"loss {self.loss:.4f}")
+        if self.eta_s is not None and self.step < self.max_steps:
+            parts.append(f"ETA {format_seconds(self.eta_s)} (training steps)")
+        return " · ".join(parts)
+
+
+def training_progress(metrics: Sequence[Mapping[str, Any]], max_steps: int) -> TrainingProgress:
+    steps = training_steps(metrics)
+    if not len(steps):
+        return TrainingProgress(0, max_steps, "", math.nan, None)
+    row = steps.iloc[-1]
+    eta = float(row["eta_s"]) if _finite(row["eta_s"]) else None
+    return TrainingProgress(int(row["step"]), max_steps, str(row["stage"] or ""), float(row["loss"]), eta)
+
+
+def run_state(status: Mapping[str, Any], job_state: str | None) -> str:
+    """A run's state for the runs list: a queued / running job wins, then the run's own status.json.
+
+    status.json reads `interrupted` when its process died without writing a final state
+    (neurorit.training.read_status); a run with neither a status nor a job reads `unknown`.
+    """
+    if job_state in ACTIVE_RUN_STATES:
+        return job_state
+    return str(status.get("state") or job_state or "unknown")
+
+
+def can_resume(state: str, has_checkpoint: bool) -> bool:
+    """Resume is offered for a stopped run (interrupted, failed, cancelled) that has a checkpoint."""
+    return has_checkpoint and state in ("interrupted", "failed", "cancelled")
+
+
+def run_of_job(argv: Sequence[str], artifacts: Mapping[str, str], runs_root: Any) -> str | None:
+    """The run folder a train / resume job writes (as a string), from its record; None when unknown.
+
+    Its `run` artifact once started; before that its argv: `resume <dir>`, `train ... --out <dir>`,
+    or `train --config <runs_root>/_submitted/<method>-<hash>.json` (the default folder
+    `<runs_root>/<method>-<hash>`, see neurorit.training.submit_training).
+    """
+    if artifacts.get("run"):
+        return str(artifacts["run"])
+    argv = list(argv)
+    if len(argv) >= 2 and argv[0] == "resume":
+        return str(argv[1])
+    if argv and argv[0] == "train":
+        for flag in ("--out", "--config"):
+            if flag in argv[:-1]:
+                value = argv[argv.index(flag) + 1]
+                if flag == "--out":
+                    return str(value)
+                name = value.replace("\\", "/").rsplit("/", 1)[-1]
+                stem = name.rsplit(".", 1)[0]
+                return f"{str(runs_root).rstrip('/')}/{stem}"
+    return None
+
+
+RUNS_COLUMNS = ["run", "method", "state", "step", "max_steps", "job", "updated"]
+
+
+def runs_frame(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per run folder; each run a mapping with name, config (dict), state, step, job, mtime."""
+    rows = [{
+        "run": str(r.get("name", "")), "method": str((r.get("config") or {}).get("method", "?")),
+        "state": str(r.get("state", "unknown")), "step": int(r.get("step") or 0),
+        "max_steps": int((r.get("config") or {}).get("max_steps") or 0), "job": str(r.get("job") or ""),
+        "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["mtime"])) if r.get("mtime") else "",
+    } for r in runs]
+    return pd.DataFrame(rows, columns=RUNS_COLUMNS)
+
+
+def train_summary(report: "TrainReport") -> dict[str, str]:
+    """The headline numbers of a finished run, formatted: trainable params and share, steps, times, memory."""
+    row = report.summary_row()
+    return {
+        "Trainable parameters": f"{row['trainable_params']:,} ({row['trainable_%']:.2f} %)",
+        "Steps": str(report.steps),
+        "Step time": "-" if not _finite(row["step_time_s"]) else f"{row['step_time_s']:.2f} s",
+        "Training time": format_seconds(report.wall_time_s),
+        "Peak memory": f"{row['peak_memory_MiB']:,.0f} MiB",
+    }
+
+
+STAGES_COLUMNS = ["stage", "steps", "trainable_params", "trainable_%", "step_time_s", "peak_memory_MiB", "final_loss"]
+
+
+def train_stages_frame(report: "TrainReport") -> pd.DataFrame:
+    """One row per training stage: steps, trainable parameters and share, mean step time, peak memory, last loss."""
+    rows = [{
+        "stage": s.name, "steps": s.steps, "trainable_params": s.trainable_params,
+        "trainable_%": 100 * s.trainable_share, "step_time_s": s.step_time_s,
+        "peak_memory_MiB": s.peak_memory_bytes / 2**20, "final_loss": s.final_loss,
+    } for s in report.stages]
+    return pd.DataFrame(rows, columns=STAGES_COLUMNS)
+
+
+TRAIN_EVAL_COLUMNS = ["condition", "view", "n_distractors", "n", "accuracy_before", "accuracy_after", "delta_accuracy"]
+
+
+def train_eval_frame(report: "TrainReport") -> pd.DataFrame:
+    """Accuracy before and after training per (view, distractors) on the test split, and the change.
+
+    `condition` labels a row like the ablation chart ("relevant", "noisy (2)"); a side that was
+    not evaluated (eval_before off) is NaN.
+    """
+    table = report.table()
+    if not len(table):
+        return pd.DataFrame(columns=TRAIN_EVAL_COLUMNS)
+    out = pd.DataFrame({"condition": [_row_label(r) for _, r in table.iterrows()],
+                        "view": table["view"], "n_distractors": table["n_distractors"].astype(int)})
+    n = table["n_after"] if "n_after" in table else table["n_before"]
+    out["n"] = pd.to_numeric(n, errors="coerce").fillna(0).astype(int)
+    for column in ("accuracy_before", "accuracy_after", "delta_accuracy"):
+        out[column] = table[column].astype(float) if column in table else math.nan
+    return out[TRAIN_EVAL_COLUMNS].reset_index(drop=True)
+
+
+def train_eval_figure(report: "TrainReport") -> go.Figure:
+    """Grouped bars: accuracy before and after training per (view, distractors)."""
+    table = train_eval_frame(report)
+    fig = go.Figure()
+    for side, color in (("before", "#636363"), ("after", "#1a9641")):
+        values = table[f"accuracy_{side}"].astype(float)
+        if len(table) and values.notna().any():
+            fig.add_bar(x=table["condition"].tolist(), y=values.tolist(), name=side, marker_color=color,
+                        hovertemplate=f"{side}<br>%{{x}}<br>accuracy %{{y:.1%}}<extra></extra>")
+    fig.update_layout(
+        barmode="group", height=340, title={"text": f"Test accuracy before and after training ({report.method})"},
+        margin={"l": 60, "r": 20, "t": 50, "b": 50}, xaxis={"title": {"text": "view (distractors)"}},
+        yaxis={"title": {"text": "accuracy"}, "range": [0, 1.05], "tickformat": ".0%"},
+    )
+    return fig

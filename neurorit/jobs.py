@@ -98,7 +98,8 @@ def _row_to_job(row: sqlite3.Row | tuple) -> Job:
                message, log_path, json.loads(artifacts), error)
 
 
-def _is_alive(pid: int | None) -> bool:
+def is_alive(pid: int | None) -> bool:
+    """Whether a process is running (reaps our own finished children; a zombie is not alive)."""
     if not pid:
         return False
     try:
@@ -123,7 +124,7 @@ def _is_alive(pid: int | None) -> bool:
 def _reap_dead(conn: sqlite3.Connection) -> None:
     """A running job whose process is gone (killed, machine restart) becomes failed."""
     for job_id, pid in conn.execute("SELECT id, pid FROM jobs WHERE state = 'running'").fetchall():
-        if not _is_alive(pid):
+        if not is_alive(pid):
             conn.execute(
                 "UPDATE jobs SET state='failed', finished=?, error=? WHERE id=? AND state='running'",
                 (time.time(), "the job's process ended without reporting (killed or crashed); see its log", job_id),

@@ -280,7 +280,9 @@ def test_workbench_flow(browser_page: object, server: str) -> None:
     _shot(page, "5-mine", 2600)
 
     _go(page, "Train")
-    expect(page.get_by_text("Training arrives with the training issue")).to_be_visible()
+    expect(page.get_by_role("button", name="Start training")).to_be_visible(timeout=60_000)
+    _idle(page)
+    _shot(page, "6-train", 1800)
 
     (OUT / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in timings.items()))
     if os.environ.get("NEURORIT_UPDATE_SCREENSHOTS") == "1":

@@ -29,6 +29,7 @@ import torch
 
 from neurorit import store
 from neurorit.errors import ArtifactError, NeuroritError
+from neurorit.jobs import is_alive
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +53,6 @@ class CheckpointError(ArtifactError):
 # ---- the lock -----------------------------------------------------------------------------------
 
 
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-    except OSError:
-        return True
-
-
 def read_lock(run_dir: Path) -> dict[str, Any] | None:
     """The lock's holder {pid, host, job_id, since}, or None when unlocked or unreadable."""
     try:
@@ -78,7 +65,7 @@ def read_lock(run_dir: Path) -> dict[str, Any] | None:
 def is_locked(run_dir: Path) -> bool:
     """Whether a live process on this machine holds the run folder's lock."""
     holder = read_lock(run_dir)
-    return bool(holder and holder.get("host") == socket.gethostname() and _is_alive(int(holder.get("pid", 0))))
+    return bool(holder and holder.get("host") == socket.gethostname() and is_alive(int(holder.get("pid", 0))))
 
 
 @contextmanager
@@ -104,7 +91,7 @@ def run_lock(run_dir: Path, job_id: str | None = None) -> Iterator[Path]:
                         f"{run_dir} is being claimed by another training process right now; wait, or pick another "
                         "output folder."
                     ) from None
-            elif holder.get("host") == me["host"] and _is_alive(int(holder.get("pid", 0))):
+            elif holder.get("host") == me["host"] and is_alive(int(holder.get("pid", 0))):
                 since = time.strftime("%H:%M:%S", time.localtime(float(holder.get("since", 0))))
                 job = f", job {holder['job_id']}" if holder.get("job_id") else ""
                 hint = f"cancel it (`neurorit jobs cancel {holder['job_id']}`)" if holder.get("job_id") else "stop it"

@@ -390,9 +390,3 @@ def test_masks_page_lists_downloads_uploads_compares_and_bakes(app_env: Path, ti
     _ok(at)
     assert any(s.value.startswith("Baked") for s in at.success), _text(at)
     assert (out / "config.json").is_file() and (out / "neurorit_mask.json").is_file()
-
-
-def test_train_page_is_a_placeholder(app_env: Path) -> None:
-    at = _page("train").run()
-    _ok(at)
-    assert "Training arrives with the training issue" in at.info[0].value

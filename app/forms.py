@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import streamlit as st
 
 from neurorit.attribution import MiningConfig
+from neurorit.configs import parse_int_ranges
 from neurorit.data import FORMATS
 from neurorit.errors import ConfigError
 from neurorit.evaluation import EvalConfig
@@ -48,52 +49,21 @@ def parse_layers(text: str | None, n_layers: int) -> tuple[int, ...] | None:
     text = (text or "").strip().lower()
     if text in ("", "all"):
         return None
-    out: set[int] = set()
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if lo > hi:
-                    raise ValueError
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
-        except ValueError:
-            raise ConfigError(f"layers: expected numbers or ranges like '0-3, 7', got {part!r}.") from None
-    bad = sorted(l for l in out if not 0 <= l < n_layers)
+    out = parse_int_ranges(text, name="layers")
+    bad = [l for l in out if l >= n_layers]
     if bad:
         raise ConfigError(f"layers {bad} are outside the model's layers 0-{n_layers - 1}.")
     if not out:
         raise ConfigError("layers: no layer given; leave the field empty for every layer.")
-    return tuple(sorted(out))
+    return out
 
 
 def parse_counts(text: str | None, *, name: str = "counts", allow_empty: bool = False) -> tuple[int, ...]:
     """'1-4' -> (1, 2, 3, 4); '0, 2' -> (0, 2): integers >= 0, sorted, each once; bad text -> ConfigError."""
-    out: set[int] = set()
-    for part in (text or "").replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if lo < 0 or lo > hi:
-                    raise ValueError
-                out.update(range(lo, hi + 1))
-            else:
-                value = int(part)
-                if value < 0:
-                    raise ValueError
-                out.add(value)
-        except ValueError:
-            raise ConfigError(f"{name}: expected integers >= 0 or ranges like '1-4' or '0, 2', got {part!r}.") from None
+    out = parse_int_ranges(text, name=name)
     if not out and not allow_empty:
         raise ConfigError(f"{name}: nothing given; type integers or a range such as '1-4'.")
-    return tuple(sorted(out))
+    return out
 
 
 def parse_neurons(text: str | None, n_layers: int, d_mlp: int) -> list[tuple[int, int]]:

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from neurorit.attribution import MiningConfig, baseline_activations, attribute_neurons, preview_neurons  # noqa: E402
-from neurorit.cli import _int_list  # noqa: E402
+from neurorit.configs import parse_int_ranges  # noqa: E402
 from neurorit.data import demo_examples, load_examples  # noqa: E402
 from neurorit.models import load_model  # noqa: E402
 from neurorit.prompts import PromptConfig, add_distractors, build_prompt  # noqa: E402
@@ -93,7 +93,7 @@ def main() -> int:
           f"{spearman(preview.scores, ours.scores):.3f}; per layer median "
           f"{sorted(spearman(preview.scores[l], ours.scores[l]) for l in range(n_layers))[n_layers // 2]:.3f}")
 
-    captum_layers = _int_list(args.captum_layers) or tuple(range(n_layers))
+    captum_layers = parse_int_ranges(args.captum_layers, name="--captum-layers") or tuple(range(n_layers))
     rel = []
     start = time.perf_counter()
     for layer in captum_layers:

@@ -35,20 +35,12 @@ class UsageError(NeuroritError):
 
 
 def _int_list(text: str | None) -> tuple[int, ...] | None:
+    """A flag's '0,2,5-7' as integers; None when the flag is absent."""
+    from neurorit.configs import parse_int_ranges
+
     if text is None or text == "":
         return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part and not part.startswith("-"):
-                lo, hi = part.split("-")
-                out.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise UsageError(f"expected comma-separated integers or ranges like '0,2,5-7', got {text!r}.") from None
-    return tuple(out)
+    return parse_int_ranges(text, name="list")
 
 
 def _str_list(text: str | None) -> tuple[str, ...] | None:

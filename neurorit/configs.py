@@ -76,3 +76,31 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}.")
     return data
+
+
+def parse_int_ranges(text: str | None, *, name: str = "value") -> tuple[int, ...]:
+    """'0-3, 7' -> (0, 1, 2, 3, 7): integers >= 0 and inclusive ranges, sorted, each once.
+
+    Empty text gives (). Anything else raises ConfigError naming `name` and the bad part.
+    """
+    out: set[int] = set()
+    for part in (text or "").replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo < 0 or lo > hi:
+                    raise ValueError
+                out.update(range(lo, hi + 1))
+            else:
+                value = int(part)
+                if value < 0:
+                    raise ValueError
+                out.add(value)
+        except ValueError:
+            raise ConfigError(
+                f"{name}: expected integers >= 0 or ranges like '0-3, 7', got {part!r}."
+            ) from None
+    return tuple(sorted(out))

@@ -113,3 +113,14 @@ def smol(bundled_dir: Path):  # type: ignore[no-untyped-def]
     from neurorit.models import load_model
 
     return load_model(None, device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def app_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_llama_dir: Path) -> Path:
+    """The workbench under test: the tiny Llama as its model, on the CPU, with its own cache."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    monkeypatch.setenv("NEURORIT_MODEL", str(tiny_llama_dir))
+    monkeypatch.setenv("NEURORIT_DEVICE", "cpu")
+    monkeypatch.delenv("NEURORIT_DTYPE", raising=False)
+    monkeypatch.setenv("NEURORIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -27,16 +27,6 @@ from app import artifacts, state  # noqa: E402
 TIMEOUT = 120
 
 
-@pytest.fixture
-def app_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_llama_dir: Path) -> Path:
-    monkeypatch.syspath_prepend(str(ROOT))
-    monkeypatch.setenv("NEURORIT_MODEL", str(tiny_llama_dir))
-    monkeypatch.setenv("NEURORIT_DEVICE", "cpu")
-    monkeypatch.delenv("NEURORIT_DTYPE", raising=False)
-    monkeypatch.setenv("NEURORIT_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def _page(name: str) -> AppTest:
     return AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
 

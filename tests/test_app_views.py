@@ -301,7 +301,7 @@ def test_parse_layers() -> None:
     assert forms.parse_layers("0-3, 7,7", 30) == (0, 1, 2, 3, 7)
     with pytest.raises(ConfigError, match="outside"):
         forms.parse_layers("29-30", 30)
-    with pytest.raises(ConfigError, match="expected numbers"):
+    with pytest.raises(ConfigError, match="expected integers"):
         forms.parse_layers("a-b", 30)
 
 

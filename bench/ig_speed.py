@@ -14,6 +14,7 @@ Run: python bench/ig_speed.py [--captum-layers 0-29] [--threads N] [--all-positi
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
@@ -64,6 +65,7 @@ def main() -> int:
     parser.add_argument("--all-positions-layer", type=int, default=None,
                         help="also time all-position IG on this layer against captum")
     args = parser.parse_args()
+    logging.getLogger("neurorit.prompts").setLevel(logging.ERROR)  # long NQ passages are cut to 200 tokens
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(None, device="cpu", dtype="float32")

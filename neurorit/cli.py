@@ -678,6 +678,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar before every summary
     job_id = getattr(args, "job_id", None)
     if job_id:  # a background job: SIGTERM (cancel) ends it cleanly
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -82,6 +82,14 @@ def current_model(*, sidebar: bool = True) -> LoadedModel | None:
     return loaded
 
 
+def require_model() -> LoadedModel:
+    """The session's model, or the page stops here (after current_model's error message)."""
+    loaded = current_model()
+    if loaded is None:
+        st.stop()
+    return loaded  # type: ignore[return-value]
+
+
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _mined(path: str, mtime: float) -> MinedNeurons:
     return MinedNeurons.load(Path(path))

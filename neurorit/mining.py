@@ -53,12 +53,9 @@ def score_prompt(
         identity.fingerprint, config.key(), prompt.token_ids, prompt.answer_ids,
         baseline.token_ids if baseline and config.baseline == "no_context" else None, preview,
     )
-    folder = store.artifact_dir("scores", key)
-    if use_cache and (folder / "scores.json").is_file():
-        try:
-            return NeuronScores.load(folder)
-        except ArtifactError as exc:
-            log.warning("ignoring a broken cached score %s: %s", folder, exc)
+    cached = store.load_cached("scores", key, "scores.json", NeuronScores.load) if use_cache else None
+    if cached is not None:
+        return cached
     run = preview_neurons if preview else attribute_neurons
     kwargs: dict[str, Any] = {} if preview else {"on_progress": on_progress}
     scores = run(
@@ -67,8 +64,7 @@ def score_prompt(
         example_id=prompt.example_id, view=prompt.view, **kwargs,
     )
     if use_cache:
-        with store.atomic_dir(folder) as tmp:
-            scores.save(tmp)
+        store.save_cached("scores", key, scores.save)
     return scores
 
 
@@ -223,12 +219,9 @@ def mine(
         "data": examples_fingerprint(examples), "n_examples_given": len(examples), "preview": preview,
     }
     key = stable_hash(provenance, rule.to_dict())
-    folder = store.artifact_dir("mined", key)
-    if use_cache and (folder / "mined.json").is_file():
-        try:
-            return MinedNeurons.load(folder)
-        except ArtifactError as exc:
-            log.warning("recomputing a broken cached mining result %s: %s", folder, exc)
+    cached = store.load_cached("mined", key, "mined.json", MinedNeurons.load) if use_cache else None
+    if cached is not None:
+        return cached
     scores: dict[str, list[NeuronScores]] = {view: [] for view in MINED_VIEWS}
     skipped: list[str] = []
     gaps: list[float] = []
@@ -263,8 +256,7 @@ def mine(
     )
     mined = reselect(scores, rule, identity, provenance)
     if use_cache:
-        with store.atomic_dir(folder) as tmp:
-            mined.save(tmp)
+        store.save_cached("mined", key, mined.save)
     return mined
 
 

@@ -8,12 +8,13 @@ know what an artifact contains.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -22,6 +23,9 @@ from safetensors.torch import load_file, save_file
 from neurorit.errors import ArtifactError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def cache_root() -> Path:
@@ -106,3 +110,24 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ArtifactError(
             f"{path} is not a readable safetensors file ({exc}); it may be truncated or corrupt."
         ) from exc
+
+
+def load_cached(kind: str, key: str, marker: str, load: Callable[[Path], T]) -> T | None:
+    """The cached artifact `cache/<kind>/<key>/` when its marker file is there and it loads;
+    None when absent, or broken (logged: the caller recomputes and overwrites it)."""
+    folder = artifact_dir(kind, key)
+    if not (folder / marker).is_file():
+        return None
+    try:
+        return load(folder)
+    except ArtifactError as exc:
+        log.warning("ignoring a broken cached %s artifact %s: %s", kind, folder, exc)
+        return None
+
+
+def save_cached(kind: str, key: str, save: Callable[[Path], Any]) -> Path:
+    """Write an artifact into `cache/<kind>/<key>/` in one rename (see atomic_dir)."""
+    folder = artifact_dir(kind, key)
+    with atomic_dir(folder) as tmp:
+        save(tmp)
+    return folder

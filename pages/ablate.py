@@ -19,9 +19,7 @@ SOURCES = ("From Explore (this session)", "Mined set (cache)", "Whole layer", "H
 st.title("Ablate (what-if)")
 st.caption("Step 4: switch neurons off (scale 0), leave them (1) or amplify them (2), and see what the model answers.")
 
-loaded = resources.current_model()
-if loaded is None:
-    st.stop()
+loaded = resources.require_model()
 model, ident = loaded.model, loaded.identity
 items = state.examples()
 example = forms.example_picker(items)

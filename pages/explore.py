@@ -20,9 +20,7 @@ ANSWER_VIEWS = ("relevant", "irrelevant", "noisy", "closed_book")
 st.title("Explore one example")
 st.caption("Step 2: which neurons carry this question's answer with relevant passages, and which with irrelevant ones.")
 
-loaded = resources.current_model()
-if loaded is None:
-    st.stop()
+loaded = resources.require_model()
 model, ident = loaded.model, loaded.identity
 example = forms.example_picker(state.examples())
 if example is None:

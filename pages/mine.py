@@ -16,9 +16,7 @@ st.title("Mine a dataset")
 st.caption("Step 3: IG on the relevant and the irrelevant view of many examples, as a background job that keeps "
            "running when you leave the page. Neurons selected by enough examples form the sets.")
 
-loaded = resources.current_model()
-if loaded is None:
-    st.stop()
+loaded = resources.require_model()
 ident = loaded.identity
 items = state.examples()
 

@@ -31,9 +31,7 @@ st.caption("Step 6: tune the model against noisy contexts, as a background job t
            "page. Neuro-RIT switches the irrelevant-exclusive neurons off (stage 1, denoise) and then tunes the target "
            "layers (stage 2, distill); the baselines train on the same data with the same step budget.")
 
-loaded = resources.current_model()
-if loaded is None:
-    st.stop()
+loaded = resources.require_model()
 ident = loaded.identity
 spec = state.model_spec()
 items = state.examples()

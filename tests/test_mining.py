@@ -56,3 +56,16 @@ def test_examples_without_a_view_are_skipped_and_all_missing_is_an_error(tiny_ll
         mine(tiny_llama, [only_relevant], MiningConfig(n_steps=2), SelectionRule(), PromptConfig())
     with pytest.raises(DataError, match="no examples"):
         mine(tiny_llama, [], MiningConfig(), SelectionRule(), PromptConfig())
+
+
+def test_a_broken_cached_score_is_recomputed(tiny_llama, isolated_cache):
+    example = demo_examples()[0]
+    config, prompts = MiningConfig(n_steps=2), PromptConfig(n_distractors=1)
+    first = score_example(tiny_llama, example, "relevant", config, prompts)
+    (folder,) = list((isolated_cache / "scores").iterdir())
+    (folder / "scores.safetensors").write_bytes(b"truncated")
+    again = score_example(tiny_llama, example, "relevant", config, prompts)
+    torch.testing.assert_close(again.scores, first.scores)
+    from neurorit.attribution import NeuronScores
+
+    torch.testing.assert_close(NeuronScores.load(folder).scores, first.scores)  # rewritten whole

@@ -104,8 +104,9 @@ class TrainConfig:
     retrobust_relevant_share: float = 0.5  # RetRobust: half relevant-only, half noisy / irrelevant
 
     # checkpoints and monitoring
-    checkpoint_every: int = 10
+    checkpoint_every: int = 10  # and at each stage's end; 0: at stage ends only
     keep_checkpoints: int = 2
+    save_checkpoints: bool = True  # False: none at all, so no resume (benchmarks of huge models)
     dev_every: int = 10  # teacher-forced answer loss on the dev split every N steps (0: never)
     n_dev: int = 8
 
@@ -189,7 +190,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not value or any(not _is_int(l) or l < 0 for l in value)):
                 raise self._bad(name, "a non-empty list of layer indices >= 0, or None")
-        for name in ("autocast", "hard_distractors", "eval_before", "eval_after", "bake"):
+        for name in ("autocast", "hard_distractors", "eval_before", "eval_after", "bake", "save_checkpoints"):
             if not isinstance(getattr(self, name), bool):
                 raise self._bad(name, "true or false")
         if not isinstance(self.prompt, PromptConfig):

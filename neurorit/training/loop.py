@@ -524,7 +524,8 @@ def _run_inner(
                 if dev and config.dev_every and step % config.dev_every == 0:
                     _append_metric(run_dir, {"event": "dev", "step": step, "stage": stage.name,
                                              "dev_loss": dev_loss(model, dev, config.batch_size)})
-                if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stage_end:
+                due = (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stage_end
+                if due and config.save_checkpoints:
                     _save_checkpoint(model, run_dir, step, index, step - stage_start, trained, optimizer, scheduler,
                                      stage, config, elapsed, stage_losses)
                 throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)

@@ -459,48 +459,73 @@ def _print_train_report(report: Any) -> None:
     print(f"run folder: {report.run_dir}")
 
 
+class TrainingLaunchError(NeuroritError):
+    """A multi-process training launch failed."""
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from neurorit.training import default_run_dir, train
+    from neurorit.training import default_run_dir, load_report, train
+    from neurorit.training.world import current_world
 
     config = _train_config(args)
     run_dir = Path(args.out) if args.out else default_run_dir(config)
-    if args.job_id:
-        from neurorit.jobs import JobReporter
+    world = current_world()
+    if args.processes < 1:
+        raise UsageError(f"--processes {args.processes}: expected an integer >= 1.")
+    if args.processes > 1 and not world.distributed:  # the launcher starts this command once per process
+        from neurorit.training.accelerate import launch_data_parallel
 
-        JobReporter(args.job_id).artifact("run", run_dir)
-    on_progress, close = _progress_adapter(args.job_id, args.quiet)
-    try:
-        report = train(config, Path(args.out) if args.out else None, job_id=args.job_id, on_progress=on_progress)
-    finally:
-        close()
-    if args.job_id:
-        from neurorit.jobs import JobReporter
+        code = launch_data_parallel(config, run_dir, args.processes, args.job_id)
+        report = load_report(run_dir)
+        if code != 0 or report is None:
+            raise TrainingLaunchError(f"the {args.processes}-process run exited with status {code}; see its output "
+                                      f"above and {run_dir / 'status.json'}.")
+        _record_train_artifacts(args.job_id, report)
+        return 0  # rank 0 printed the report
+    else:
+        if args.job_id and world.main:
+            from neurorit.jobs import JobReporter
 
-        reporter = JobReporter(args.job_id)
-        reporter.artifact("report", Path(report.run_dir) / "report.json")
-        if report.final_checkpoint:
-            reporter.artifact("final", report.final_checkpoint)
+            JobReporter(args.job_id).artifact("run", run_dir)
+        on_progress, close = _progress_adapter(args.job_id if world.main else None, args.quiet)
+        try:
+            report = train(config, Path(args.out) if args.out else None, job_id=args.job_id, on_progress=on_progress)
+        finally:
+            close()
+        if not world.main:
+            return 0
+    _record_train_artifacts(args.job_id, report)
     _print_train_report(report)
     return 0
 
 
+def _record_train_artifacts(job_id: str | None, report: Any) -> None:
+    if job_id:
+        from neurorit.jobs import JobReporter
+
+        reporter = JobReporter(job_id)
+        reporter.artifact("report", Path(report.run_dir) / "report.json")
+        if report.final_checkpoint:
+            reporter.artifact("final", report.final_checkpoint)
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from neurorit.training import resume
+    from neurorit.training.world import current_world
 
-    if args.job_id:
+    main = current_world().main  # under torchrun / accelerate launch, rank 0 reports
+    if args.job_id and main:
         from neurorit.jobs import JobReporter
 
         JobReporter(args.job_id).artifact("run", args.run_dir)
-    on_progress, close = _progress_adapter(args.job_id, args.quiet)
+    on_progress, close = _progress_adapter(args.job_id if main else None, args.quiet)
     try:
         report = resume(Path(args.run_dir), job_id=args.job_id, on_progress=on_progress)
     finally:
         close()
-    if args.job_id:
-        from neurorit.jobs import JobReporter
-
-        JobReporter(args.job_id).artifact("report", Path(report.run_dir) / "report.json")
-    _print_train_report(report)
+    if main:
+        _record_train_artifacts(args.job_id, report)
+        _print_train_report(report)
     return 0
 
 
@@ -656,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-levels", help="distractor counts of the noisy evaluation, e.g. '2,4'")
     p.add_argument("--no-eval-before", action="store_true", help="skip the evaluation of the untrained model")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="data-parallel processes, one per GPU (accelerate launch; torchrun on CPUs); default 1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--job-id", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)

@@ -525,7 +525,7 @@ def test_train_with_the_default_folder_returns_a_finished_run_without_running_it
     config = small(method="ralm", model=str(tiny_llama_dir), n_eval=1)
     first = train(config)
     assert Path(first.run_dir) == default_run_dir(config) and first.status == "done"
-    monkeypatch.setattr(loop, "_load_model", lambda config: pytest.fail("a finished run must not load the model"))
+    monkeypatch.setattr(loop, "_load_model", lambda *args: pytest.fail("a finished run must not load the model"))
     assert train(config).to_json() == first.to_json()
 
 
@@ -547,3 +547,18 @@ def test_accelerate_config_for_fsdp_and_its_launch_command(tiny_llama, tmp_path)
     assert launch_line(argv).startswith(f"accelerate launch --config_file {path} -m neurorit train --config ")
     with pytest.raises(ConfigError, match="layer_cls"):
         write_accelerate_config(tmp_path / "x.yaml", num_processes=2, fsdp=True)
+
+
+def test_save_checkpoints_false_writes_none_and_importing_neurorit_keeps_jax_off_the_gpu(tiny_llama_dir, tmp_path):
+    run = tmp_path / "bench"
+    report = run_training(fresh(tiny_llama_dir), demo_examples(),
+                          small(model=str(tiny_llama_dir), max_steps=2, checkpoint_every=1, save_checkpoints=False,
+                                eval_before=False, eval_after=False, bake=False), run)
+    assert report.status == "done" and report.steps == 2
+    assert ckpt.latest_checkpoint(run) is None and not [m for m in read_metrics(run) if m["event"] == "checkpoint"]
+    with pytest.raises(ConfigError, match="save_checkpoints"):
+        small(save_checkpoints="no")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
+    out = subprocess.run([sys.executable, "-c", "import neurorit, os; print(os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'])"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "false"

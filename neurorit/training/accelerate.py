@@ -1,24 +1,31 @@
-"""Multi-GPU launch configuration: a Hugging Face Accelerate config file and its launch command.
+"""Multi-process launch: the Accelerate config a data-parallel run writes, and its command.
 
-Owns: the `accelerate launch` config a training job writes (data parallel on several GPUs, or
-FSDP for a model that does not fit one card: full sharding, wrapping each decoder layer, with
-`use_orig_params` because Neuro-RIT freezes most parameters), the layer class FSDP wraps (the
-model's own `_no_split_modules`), and the command line that launches `neurorit train` with it.
-Must not: start processes or touch GPUs. Status: the training loop itself runs one process;
-under a multi-process launch it refuses to start (loop.check_single_process) until the loop
-wraps model and optimizer with `Accelerator.prepare` — this module is the configuration half.
+Owns: the `accelerate launch` config (data parallel on several GPUs; or FSDP for a model that does
+not fit one card: full sharding, wrapping each decoder layer, with `use_orig_params` because
+Neuro-RIT freezes most parameters), the layer class FSDP wraps (the model's own
+`_no_split_modules`), the command line that launches `neurorit train` with it, and
+`launch_data_parallel`, which writes the configs into the run folder and runs that command
+(`accelerate launch` on GPUs; on CPUs, where accelerate needs MPI for several processes,
+`torch.distributed.run`, which accelerate itself uses on GPUs). Status: data parallel runs (the
+loop joins the process group the launcher describes, world.py; tested with two CPU processes);
+the FSDP config is written and checked, but the loop refuses an FSDP launch because it does not
+shard parameters. Must not: touch GPUs beyond counting them.
 """
 
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from neurorit import store
 from neurorit.errors import ConfigError
+from neurorit.models import pick_device
 
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 
@@ -90,11 +97,43 @@ def write_accelerate_config(path: Path, **kwargs: Any) -> Path:
     return path
 
 
-def launch_command(accelerate_config_path: Path, train_config_path: Path, run_dir: Path) -> list[str]:
+def _train_argv(train_config_path: Path, run_dir: Path, job_id: str | None) -> list[str]:
+    job = ["--job-id", job_id] if job_id else []
+    return ["-m", "neurorit", "train", "--config", str(train_config_path), "--out", str(run_dir), "--quiet", *job]
+
+
+def launch_command(accelerate_config_path: Path, train_config_path: Path, run_dir: Path,
+                   job_id: str | None = None) -> list[str]:
     """`accelerate launch --config_file C -m neurorit train --config T --out R` as an argv list."""
-    return [
-        "accelerate", "launch", "--config_file", str(accelerate_config_path), "-m", "neurorit", "train", "--config", str(train_config_path), "--out", str(run_dir), "--quiet",
-    ]
+    return ["accelerate", "launch", "--config_file", str(accelerate_config_path),
+            *_train_argv(train_config_path, run_dir, job_id)]
+
+
+def data_parallel_command(config: Any, run_dir: Path, processes: int, job_id: str | None = None) -> list[str]:
+    """Write run_dir/launch/{train.yaml, accelerate.yaml} and return the command that trains with
+    `processes` data-parallel processes (one per GPU on a GPU machine)."""
+    if not isinstance(processes, int) or processes < 2:
+        raise ConfigError.field("launch", "processes", processes, "an integer >= 2 (1 runs in this process)")
+    device = pick_device(config.device)
+    launch = Path(run_dir) / "launch"
+    train_yaml = launch / "train.yaml"
+    store.write_text_atomic(train_yaml, yaml.safe_dump(config.to_dict(), sort_keys=True))
+    if device.type == "cuda":
+        have = torch.cuda.device_count()
+        if have < processes:
+            raise ConfigError(f"{processes} processes asked for, this machine has {have} GPU(s); expected at most {have}.")
+        bf16 = torch.cuda.is_bf16_supported() and config.autocast
+        accelerate_yaml = write_accelerate_config(launch / "accelerate.yaml", num_processes=processes,
+                                                  mixed_precision="bf16" if bf16 else "no")
+        argv = launch_command(accelerate_yaml, train_yaml, run_dir, job_id)
+        return [sys.executable, "-m", "accelerate.commands.launch", *argv[2:]]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            *_train_argv(train_yaml, run_dir, job_id)]
+
+
+def launch_data_parallel(config: Any, run_dir: Path, processes: int, job_id: str | None = None) -> int:
+    """Run data_parallel_command in the foreground; its exit status (0: every rank finished)."""
+    return subprocess.run(data_parallel_command(config, run_dir, processes, job_id), check=False).returncode
 
 
 def launch_line(argv: list[str]) -> str:

@@ -12,7 +12,9 @@ Exactness of resume: the inputs of step s are a pure function of the config and 
 checkpoint holds the trained weights, AdamW's moments, the scheduler and the RNG state; so on a
 CPU a resumed run equals an uninterrupted one bit for bit. The mask is applied through
 NeuronMask.applied for the whole training (entered while the weights are still the mined ones,
-so its strict check holds) and for evaluation. Must not: spell hook names or module paths
+so its strict check holds) and for evaluation. Under a data-parallel launch (world.py) every
+rank runs this loop on its share of each step's micro-batches; rank 0 alone writes the folder,
+evaluates and bakes. Must not: spell hook names or module paths
 (methods.py asks the sites table), or print.
 """
 
@@ -46,6 +48,9 @@ from neurorit.training.methods import (
     stage_parameter_names,
 )
 from neurorit.training.report import StageReport, TrainReport, peak_memory_bytes
+from neurorit.training.world import (
+    World, current_world, joined, my_share, rank_device, refuse_sharding, sum_gradients, sum_numbers, wait_for_all,
+)
 from neurorit.types import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -270,24 +275,37 @@ def _diverged(what: str, step: int, stage: Stage, run_dir: Path, config: TrainCo
 
 def _optimizer_step(
     model: Any, items: list[TrainItem], stage: Stage, params: list[torch.nn.Parameter], optimizer: Any,
-    scheduler: Any, teacher: Any | None, config: TrainConfig, step: int, run_dir: Path,
+    scheduler: Any, teacher: Any | None, config: TrainConfig, step: int, run_dir: Path, world: World = World(),
 ) -> dict[str, float]:
-    """Accumulate gradients over the step's micro-batches, clip, and take one AdamW step."""
+    """Accumulate gradients over the step's micro-batches, clip, and take one AdamW step.
+
+    Data parallel: each rank computes its share of the micro-batches (world.my_share) and the
+    gradients and losses are summed over the ranks, so every rank takes the step one process
+    would take. A non-finite loss anywhere stops every rank.
+    """
     torch.manual_seed(_step_seed(config.seed, step))  # dropout draws depend on the step only
     device = next(iter(model.parameters())).device
     model.train()
     optimizer.zero_grad(set_to_none=True)
     n_targets = sum(len(i.target_ids) for i in items)
-    total = 0.0
+    starts = list(range(0, len(items), config.batch_size))
+    total, bad_loss = 0.0, 0.0
     try:
-        for first in range(0, len(items), config.batch_size):
+        for k in my_share(len(starts), world):
+            first = starts[k]
             with _autocast(device, config):
                 loss_sum, _ = answer_loss(model, items[first : first + config.batch_size], loss=stage.loss,
                                           teacher=teacher, kl_weight=config.kl_weight)
             if not bool(torch.isfinite(loss_sum)):
-                raise _diverged(f"the loss is {float(loss_sum.detach())}", step + 1, stage, run_dir, config)
+                bad_loss = float(loss_sum.detach())
+                break
             (loss_sum / n_targets).backward()  # mean over the step's target tokens
             total += float(loss_sum.detach())
+        total, n_bad = sum_numbers([total, float(bad_loss != 0.0)], world, device)
+        if n_bad:
+            raise _diverged(f"the loss is {bad_loss if bad_loss else 'non-finite on another rank'}", step + 1, stage,
+                            run_dir, config)
+        sum_gradients(params, world)
         max_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if not math.isfinite(grad_norm):
@@ -312,10 +330,20 @@ def _load_examples(config: TrainConfig) -> list[RagExample]:
     return load_examples(config.data, config.format, limit=config.limit)
 
 
-def _load_model(config: TrainConfig) -> Any:
+def _load_model(config: TrainConfig, device: torch.device) -> Any:
     from neurorit.models import load_model
 
-    return load_model(config.model, device=str(pick_device(config.device)), dtype=config.dtype)
+    return load_model(config.model, device=str(device), dtype=config.dtype)
+
+
+@contextlib.contextmanager
+def _owned(run_dir: Path, job_id: str | None, world: World) -> Any:
+    """Rank 0 holds the run folder's lock (a second writer is refused); other ranks never write."""
+    if world.main:
+        with ckpt.run_lock(run_dir, job_id):
+            yield
+    else:
+        yield
 
 
 def train(
@@ -336,10 +364,14 @@ def train(
     if not explicit and read_status(run_dir).get("state") == "done" and (report := load_report(run_dir)):
         log.info("%s already holds the finished run of this config", run_dir)
         return report
-    with ckpt.run_lock(run_dir, job_id):
-        _check_run_dir(run_dir, config, resume=False)
-        return _run(_load_model(config), _load_examples(config), config, run_dir, resume=False,
-                    on_progress=on_progress)
+    world = current_world()
+    device = rank_device(world, pick_device(config.device))
+    with joined(world, device), _owned(run_dir, job_id, world):
+        if world.main:
+            _check_run_dir(run_dir, config, resume=False)
+        wait_for_all(world)
+        return _run(_load_model(config, device), _load_examples(config), config, run_dir, resume=False,
+                    on_progress=on_progress, world=world)
 
 
 def resume(run_dir: Path, *, job_id: str | None = None, on_progress: ProgressFn = no_progress) -> TrainReport:
@@ -349,12 +381,16 @@ def resume(run_dir: Path, *, job_id: str | None = None, on_progress: ProgressFn 
     if not config_path.is_file():
         raise ArtifactError(f"{run_dir} holds no run to resume ({CONFIG_JSON} is missing); start it with train.")
     config = TrainConfig.from_dict(store.read_json(config_path))
-    with ckpt.run_lock(run_dir, job_id):
+    world = current_world()
+    device = rank_device(world, pick_device(config.device))
+    with joined(world, device), _owned(run_dir, job_id, world):
         if read_status(run_dir).get("state") == "done" and (report := load_report(run_dir)):
             return report
-        _check_run_dir(run_dir, config, resume=True)
-        return _run(_load_model(config), _load_examples(config), config, run_dir, resume=True,
-                    on_progress=on_progress)
+        if world.main:
+            _check_run_dir(run_dir, config, resume=True)
+        wait_for_all(world)
+        return _run(_load_model(config, device), _load_examples(config), config, run_dir, resume=True,
+                    on_progress=on_progress, world=world)
 
 
 def run_training(
@@ -374,10 +410,13 @@ def run_training(
     weights there).
     """
     run_dir = Path(run_dir)
-    with ckpt.run_lock(run_dir):
-        _check_run_dir(run_dir, config, resume=resume)
+    world = current_world()
+    with joined(world, next(iter(model.parameters())).device), _owned(run_dir, None, world):
+        if world.main:
+            _check_run_dir(run_dir, config, resume=resume)
+        wait_for_all(world)
         return _run(model, list(examples), config, run_dir, resume=resume, on_progress=on_progress,
-                    on_stage_end=on_stage_end)
+                    on_stage_end=on_stage_end, world=world)
 
 
 def _evaluate(model: Any, data: TrainData, config: TrainConfig, mask: NeuronMask | None, label: str,
@@ -386,37 +425,33 @@ def _evaluate(model: Any, data: TrainData, config: TrainConfig, mask: NeuronMask
                     on_progress=on_progress)
 
 
-def check_single_process() -> None:
-    """Refuse a multi-process launch: the loop does not shard or synchronise yet (accelerate.py)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        raise ConfigError(
-            f"WORLD_SIZE = {world}: this training loop runs one process; expected WORLD_SIZE 1. Multi-GPU runs "
-            "need the loop to use Accelerator.prepare (not done yet); launch a single process instead."
-        )
-
-
 def _run(
     model: Any, examples: list[RagExample], config: TrainConfig, run_dir: Path, *, resume: bool,
-    on_progress: ProgressFn, on_stage_end: StageCallback | None = None,
+    on_progress: ProgressFn, on_stage_end: StageCallback | None = None, world: World = World(),
 ) -> TrainReport:
-    check_single_process()
+    refuse_sharding()
     device = next(iter(model.parameters())).device
     threads = torch.get_num_threads()
     if device.type == "cpu" and config.threads:
         torch.set_num_threads(config.threads)  # CPU matmuls are bit-reproducible at a fixed thread count
-    _write_status(run_dir, "running")
+    if world.main:
+        _write_status(run_dir, "running", world_size=world.size)
+    else:
+        on_progress = no_progress  # rank 0 reports for all
     try:
-        return _run_inner(model, examples, config, run_dir, device, resume, on_progress, on_stage_end)
+        return _run_inner(model, examples, config, run_dir, device, resume, on_progress, on_stage_end, world)
     except NeuroritError as exc:
-        last = ckpt.latest_checkpoint(run_dir)
-        _write_status(run_dir, "failed", error=str(exc), last_checkpoint=last.step if last else None)
-        _append_metric(run_dir, {"event": "failed", "step": last.step if last else 0, "error": str(exc)})
+        if world.main:
+            last = ckpt.latest_checkpoint(run_dir)
+            _write_status(run_dir, "failed", error=str(exc), last_checkpoint=last.step if last else None)
+            _append_metric(run_dir, {"event": "failed", "step": last.step if last else 0, "error": str(exc)})
         raise
     except BaseException as exc:  # cancelled (SIGTERM -> SystemExit), interrupted, or a bug
-        state = "cancelled" if isinstance(exc, (SystemExit, KeyboardInterrupt)) else "failed"
-        last = ckpt.latest_checkpoint(run_dir)
-        _write_status(run_dir, state, error=f"{type(exc).__name__}: {exc}", last_checkpoint=last.step if last else None)
+        if world.main:
+            state = "cancelled" if isinstance(exc, (SystemExit, KeyboardInterrupt)) else "failed"
+            last = ckpt.latest_checkpoint(run_dir)
+            _write_status(run_dir, state, error=f"{type(exc).__name__}: {exc}",
+                          last_checkpoint=last.step if last else None)
         raise
     finally:
         torch.set_num_threads(threads)
@@ -424,33 +459,40 @@ def _run(
 
 def _run_inner(
     model: Any, examples: list[RagExample], config: TrainConfig, run_dir: Path, device: torch.device, resume: bool,
-    on_progress: ProgressFn, on_stage_end: StageCallback | None,
+    on_progress: ProgressFn, on_stage_end: StageCallback | None, world: World,
 ) -> TrainReport:
     identity = model_identity(model)  # the untrained model's
     data = prepare_data(examples, model.tokenizer, config)
     plan = plan_for(config, model)  # a mask of another model: ModelMismatchError
     total_params = count_parameters(model)
-    store.write_json(run_dir / RUN_JSON, {
-        "plan": plan.describe(), "model": identity.__dict__, "data": data.summary(), "device": str(device),
-        "torch": torch.__version__, "total_params": total_params,
-    })
+    main = world.main  # rank 0 alone writes the run folder and evaluates
+    if main:
+        store.write_json(run_dir / RUN_JSON, {
+            "plan": plan.describe(), "model": identity.__dict__, "data": data.summary(), "device": str(device),
+            "torch": torch.__version__, "total_params": total_params, "world_size": world.size,
+        })
     last = ckpt.latest_checkpoint(run_dir) if resume else None
-    if resume:
+    if resume and main:
         for leftover in ckpt.remove_partial(run_dir):
             log.warning("removed a partial checkpoint %s left by the interrupted process", leftover)
         _truncate_metrics(run_dir, last.step if last else 0)
         _append_metric(run_dir, {"event": "resume", "step": last.step if last else 0})
-    elif (run_dir / METRICS).exists():
+    elif main and (run_dir / METRICS).exists():
         (run_dir / METRICS).unlink()
 
     before = None
-    if config.eval_before or config.method == "ralm":
+    if main and (config.eval_before or config.method == "ralm"):
         path = run_dir / EVAL_BEFORE
         if path.is_file() and resume:
             before = EvalReport.load(path)
         else:
             before = _evaluate(model, data, config, None, "before", on_progress)
             before.save(path)
+    wait_for_all(world)
+    if config.method == "ralm" and not main:
+        return TrainReport(method=config.method, status="done", run_dir=str(run_dir), config=config.to_dict(),
+                           model=identity.__dict__, total_params=total_params, target_layers=plan.target_layers,
+                           data=data.summary())
     if config.method == "ralm":
         report = TrainReport(
             method=config.method, status="done", run_dir=str(run_dir), config=config.to_dict(), model=identity.__dict__,
@@ -510,24 +552,28 @@ def _run_inner(
                 items = items_for_step(step, data, model.tokenizer, config, end_ids=end_ids,
                                        with_teacher=stage.loss != "ce")
                 result = _optimizer_step(model, items, stage, params, optimizer, scheduler, teacher, config, step,
-                                         run_dir)
+                                         run_dir, world)
                 step += 1
                 times.append(time.perf_counter() - started)
                 elapsed += times[-1]
                 loss = stage_losses[stage.name] = result["loss"]
                 eta = (sum(times) / len(times)) * (config.max_steps - step)
-                _append_metric(run_dir, {"event": "step", "step": step, "stage": stage.name,
-                                         "stage_step": step - stage_start, "elapsed_s": elapsed, "eta_s": eta,
-                                         "step_time_s": times[-1], **result})
+                if main:
+                    _append_metric(run_dir, {"event": "step", "step": step, "stage": stage.name,
+                                             "stage_step": step - stage_start, "elapsed_s": elapsed, "eta_s": eta,
+                                             "step_time_s": times[-1], **result})
                 on_progress(step, config.max_steps, f"{stage.name} {step - stage_start}/{stage.steps} "
                                                     f"loss {loss:.4f} eta {eta:.0f}s")
-                if dev and config.dev_every and step % config.dev_every == 0:
+                if main and dev and config.dev_every and step % config.dev_every == 0:
                     _append_metric(run_dir, {"event": "dev", "step": step, "stage": stage.name,
                                              "dev_loss": dev_loss(model, dev, config.batch_size)})
                 due = (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stage_end
                 if due and config.save_checkpoints:
-                    _save_checkpoint(model, run_dir, step, index, step - stage_start, trained, optimizer, scheduler,
-                                     stage, config, elapsed, stage_losses)
+                    _check_finite(model, trained, step, stage, run_dir, config)  # on every rank: all stop together
+                    if main:
+                        _save_checkpoint(model, run_dir, step, index, step - stage_start, trained, optimizer,
+                                         scheduler, stage, config, elapsed, stage_losses)
+                    wait_for_all(world)
                 throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
                 if throttle > 0:
                     time.sleep(throttle)
@@ -544,11 +590,11 @@ def _run_inner(
     del teacher
 
     after = None
-    if config.eval_after:
+    if main and config.eval_after:
         after = _evaluate(model, data, config, plan.mask, "after", on_progress)
         after.save(run_dir / EVAL_AFTER)
     final = None
-    if config.bake:
+    if main and config.bake:
         mask = plan.mask if plan.mask is not None else NeuronMask.identity(model)
         final = str(bake(mask, model, run_dir / FINAL, strict=False, overwrite=True))
     peak, measure = peak_memory_bytes(device)
@@ -559,8 +605,10 @@ def _run_inner(
         mask=plan.describe()["mask"], data=data.summary(), eval_before=before, eval_after=after,
         final_checkpoint=final,
     )
-    report.save(run_dir / REPORT_JSON)
-    _write_status(run_dir, "done", step=step)
+    if main:
+        report.save(run_dir / REPORT_JSON)
+        _write_status(run_dir, "done", step=step)
+    wait_for_all(world)
     return report
 
 
@@ -582,15 +630,19 @@ def _load_params(model: Any, params: dict[str, torch.Tensor], checkpoint: ckpt.C
             own[name].copy_(value.to(device=own[name].device, dtype=own[name].dtype))
 
 
+def _check_finite(model: Any, trained: set[str], step: int, stage: Stage, run_dir: Path, config: TrainConfig) -> None:
+    own = named_parameters(model)
+    bad = [name for name in sorted(trained) if not bool(torch.isfinite(own[name].detach()).all())]
+    if bad:
+        raise _diverged(f"weights became non-finite ({bad[:3]})", step, stage, run_dir, config)
+
+
 def _save_checkpoint(
     model: Any, run_dir: Path, step: int, stage_index: int, stage_step: int, trained: set[str], optimizer: Any,
     scheduler: Any, stage: Stage, config: TrainConfig, elapsed: float, stage_losses: dict[str, float],
 ) -> None:
     own = named_parameters(model)
     params = {name: own[name].detach() for name in sorted(trained)}
-    bad = [n for n, p in params.items() if not bool(torch.isfinite(p).all())]
-    if bad:
-        raise _diverged(f"weights became non-finite ({bad[:3]})", step, stage, run_dir, config)
     scheduler_state = scheduler.state_dict()  # lr_lambdas: [None] (a closure, rebuilt from the config)
     written = ckpt.write_checkpoint(
         run_dir, step, params=params, optimizer=optimizer.state_dict(), scheduler=scheduler_state,

@@ -391,6 +391,12 @@ WHATIF_COLUMNS = ["view", "answer_before", "answer_after", "correct_before", "co
                   "logprob_before", "logprob_after", "delta_logprob", "changed"]
 
 
+def unmasked_frame(rows: Sequence[tuple[str, str, float]]) -> pd.DataFrame:
+    """Per view: the unmasked model's answer and gold log-prob (evaluation.answers_without_mask)."""
+    return pd.DataFrame([{"view": v, "answer": a, "gold_logprob": float(lp)} for v, a, lp in rows],
+                        columns=["view", "answer", "gold_logprob"])
+
+
 def whatif_frame(items: Sequence[Any]) -> pd.DataFrame:
     """Side by side, per view: answer and gold log-prob before and after the mask."""
     rows = [{

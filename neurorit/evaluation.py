@@ -136,30 +136,56 @@ def _maybe_masked(mask: NeuronMask | None, model: Any, strict: bool) -> Any:
     return mask.applied(model, strict=strict) if mask is not None else contextlib.nullcontext(model)
 
 
-def _greedy_ids(model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int) -> list[int]:
-    """Greedy tokens from the prefix's last logits on, one cached step each, until a stop."""
+def _greedy_ids(
+    model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int, draft: Sequence[int] = ()
+) -> list[int]:
+    """Greedy tokens from the prefix's last logits on, one cached step each, until a stop.
+
+    draft: tokens the answer probably starts with (the unmasked answer, in a what-if). They are
+    fed in one pass first; while the greedy choice equals the draft, the next logits come from
+    that pass instead of a step of their own, and at the first difference the cache is cut back
+    to the agreed tokens and decoding goes on step by step. The tokens are the greedy ones either
+    way (speculative decoding with greedy verification), up to float rounding between one pass
+    and single steps.
+    """
     tokenizer = model.tokenizer
     stops = stop_token_ids(model)
+    limit = min(max_new_tokens, room)
+    draft = list(draft)[: max(0, limit - 1)]  # the last step never needs logits after it
+    n_prefix = cache.get_seq_length() if draft else 0
+    ahead = model(_tokens(model, draft), past_key_values=cache)[0] if draft else None  # [d, d_vocab]
+    aligned = ahead is not None
     generated: list[int] = []
-    for step in range(min(max_new_tokens, room)):
-        next_id = int(logits[0, -1].argmax())
+    next_logits = logits[0, -1]
+    for step in range(limit):
+        next_id = int(next_logits.argmax())
         if next_id in stops:
             break
         generated.append(next_id)
         text = tokenizer.decode(generated, skip_special_tokens=True)
-        if "\n" in text.lstrip() or step + 1 == min(max_new_tokens, room):
+        if "\n" in text.lstrip() or step + 1 == limit:
             break  # a newline after some text ends a short answer
-        logits = model(_tokens(model, [next_id]), past_key_values=cache)  # [1, 1, d_vocab]
+        if aligned and step < len(draft) and draft[step] == next_id:
+            next_logits = ahead[step]  # the draft pass already computed this step
+            continue
+        if aligned:  # the answer leaves the draft (or outgrows it): keep the agreed tokens' cache only
+            surplus = cache.get_seq_length() - (n_prefix + step)
+            if surplus > 0:
+                cache.crop(-surplus)
+            aligned = False
+        next_logits = model(_tokens(model, [next_id]), past_key_values=cache)[0, -1]  # [d_vocab]
     return generated
 
 
-def _decode_greedy(model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int) -> str:
-    generated = _greedy_ids(model, logits, cache, max_new_tokens, room)
+def _decode_greedy(
+    model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int, draft: Sequence[int] = ()
+) -> tuple[str, list[int]]:
+    """(the answer text, the greedy token ids) from the prefix's logits and cache."""
+    generated = _greedy_ids(model, logits, cache, max_new_tokens, room, draft)
     text = model.tokenizer.decode(generated, skip_special_tokens=True)
-    return text.lstrip().split("\n")[0].strip()
+    return text.lstrip().split("\n")[0].strip(), generated
 
 
-@torch.no_grad()
 def generate_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int = 16) -> list[int]:
     """The model's greedy answer as token ids (trailing newline-only tokens dropped)."""
     logits, cache = model(_tokens(model, prompt_ids), return_type="logits_and_cache")
@@ -189,7 +215,7 @@ def generate_answer(
     _check_length(model, prompt, 0)
     with _maybe_masked(mask, model, strict):
         logits, cache = model(_tokens(model, prompt.token_ids), return_type="logits_and_cache")
-        return _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt))
+        return _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt))[0]
 
 
 @torch.no_grad()
@@ -204,12 +230,20 @@ def answer_logprob(model: Any, prompt: Prompt, *, mask: NeuronMask | None = None
     return float(predicting.log_softmax(-1).gather(-1, targets[:, None]).sum())
 
 
-@torch.no_grad()
 def answer_and_logprob(model: Any, prompt: Prompt, *, max_new_tokens: int = 16) -> tuple[str, float]:
     """generate_answer and answer_logprob sharing one prefix forward (the caller applies any mask).
 
     The prefix's KV cache is copied: one copy scores the gold answer, the other decodes.
     """
+    text, logprob, _ = _answer_logprob_ids(model, prompt, max_new_tokens)
+    return text, logprob
+
+
+@torch.no_grad()
+def _answer_logprob_ids(
+    model: Any, prompt: Prompt, max_new_tokens: int, draft: Sequence[int] = ()
+) -> tuple[str, float, list[int]]:
+    """answer_and_logprob, also returning the greedy token ids; draft as in _greedy_ids."""
     _check_length(model, prompt, len(prompt.answer_ids))
     logits, cache = model(_tokens(model, prompt.token_ids), return_type="logits_and_cache")
     answer_ids = prompt.answer_ids
@@ -219,7 +253,8 @@ def answer_and_logprob(model: Any, prompt: Prompt, *, max_new_tokens: int = 16) 
         predicting = torch.cat([predicting, scored[0].float()])  # [answer, d_vocab]
     targets = torch.tensor(answer_ids, device=predicting.device)
     logprob = float(predicting.log_softmax(-1).gather(-1, targets[:, None]).sum())
-    return _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt)), logprob
+    text, ids = _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt), draft)
+    return text, logprob, ids
 
 
 # ---- results and reports ------------------------------------------------------------------------
@@ -516,22 +551,38 @@ class WhatIf:
     correct_after: bool
 
 
-_UNMASKED: "OrderedDict[tuple[Any, ...], tuple[str, float]]" = OrderedDict()
+_UNMASKED: "OrderedDict[tuple[Any, ...], tuple[str, float, list[int]]]" = OrderedDict()
 _UNMASKED_SIZE = 256
 
 
-def _unmasked_answer(model: Any, prompt: Prompt, max_new_tokens: int) -> tuple[str, float]:
-    """answer_and_logprob without a mask, remembered per (weights, prompt): a what-if that only
-    changes the mask recomputes the masked side alone."""
+@torch.no_grad()
+def _unmasked_answer(model: Any, prompt: Prompt, max_new_tokens: int) -> tuple[str, float, list[int]]:
+    """_answer_logprob_ids without a mask, remembered per (weights, prompt): a what-if that only
+    changes the mask recomputes the masked side alone, with the unmasked tokens as its draft."""
     key = (model_identity(model).fingerprint, prompt.token_ids, prompt.answer_ids, max_new_tokens)
     if key in _UNMASKED:
         _UNMASKED.move_to_end(key)
         return _UNMASKED[key]
-    result = answer_and_logprob(model, prompt, max_new_tokens=max_new_tokens)
+    result = _answer_logprob_ids(model, prompt, max_new_tokens)
     _UNMASKED[key] = result
     if len(_UNMASKED) > _UNMASKED_SIZE:
         _UNMASKED.popitem(last=False)
     return result
+
+
+def _what_if_plan(model: Any, example: RagExample, config: EvalConfig, views: Sequence[str] | None) -> list[Prompt]:
+    chosen = tuple(views) if views is not None else config.views
+    plan, _ = _prompt_plan(model, [example], dataclasses.replace(config, views=chosen, noise_levels=()))
+    return [p for _, _, p in plan]
+
+
+def answers_without_mask(
+    model: Any, example: RagExample, config: EvalConfig, *, views: Sequence[str] | None = None
+) -> list[tuple[str, str, float]]:
+    """(view, answer, gold log-prob) of the unmasked model per view, remembered for what_if: the
+    workbench computes them when an example is picked, so each what-if only runs the masked side."""
+    return [(p.view, *_unmasked_answer(model, p, config.max_new_tokens)[:2])
+            for p in _what_if_plan(model, example, config, views)]
 
 
 def what_if(
@@ -547,17 +598,13 @@ def what_if(
 
     A view the example cannot be shown under is left out with a warning.
     """
-    chosen = tuple(views) if views is not None else config.views
-    one = dataclasses.replace(config, views=chosen, noise_levels=())
-    plan, _ = _prompt_plan(model, [example], one)
-    if not plan:
-        return []
-    before = [_unmasked_answer(model, p, config.max_new_tokens) for _, _, p in plan]
-    with mask.applied(model, strict=strict):
-        after = [answer_and_logprob(model, p, max_new_tokens=config.max_new_tokens) for _, _, p in plan]
+    plan = _what_if_plan(model, example, config, views)
+    before = [_unmasked_answer(model, p, config.max_new_tokens) for p in plan]
+    with torch.no_grad(), mask.applied(model, strict=strict):
+        after = [_answer_logprob_ids(model, p, config.max_new_tokens, draft=b[2]) for p, b in zip(plan, before)]
     return [
         WhatIf(view=p.view, answer_before=b[0], answer_after=a[0], logprob_before=b[1], logprob_after=a[1],
                correct_before=contains_answer(b[0], example.answers),
                correct_after=contains_answer(a[0], example.answers))
-        for (_, _, p), b, a in zip(plan, before, after)
+        for p, b, a in zip(plan, before, after)
     ]

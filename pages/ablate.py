@@ -10,7 +10,7 @@ from app import artifacts, forms, resources, state, views
 from app.progress import StreamlitProgress
 from neurorit.data import examples_fingerprint
 from neurorit.errors import NeuroritError
-from neurorit.evaluation import ablate, what_if
+from neurorit.evaluation import ablate, answers_without_mask, what_if
 from neurorit.masks import NeuronMask, random_like
 from neurorit.neurons import NeuronSet
 
@@ -30,6 +30,21 @@ with st.sidebar:
     eval_config = forms.eval_form(state.prompt_config(), prefix="ablate")
 if eval_config is None:
     st.stop()
+results = state.results(loaded.key)
+
+# ---- the unmasked answers, once per example: a what-if then only runs the masked side -----------
+before_key = ("unmasked", examples_fingerprint([example]), eval_config.hash())
+if before_key not in results:
+    start = time.perf_counter()
+    try:
+        with st.spinner("Answering without a mask (once per example and views)…"), loaded.lock:
+            results[before_key] = (answers_without_mask(model, example, eval_config), time.perf_counter() - start)
+    except NeuroritError as exc:
+        st.error(str(exc))
+if before_key in results:
+    unmasked, seconds = results[before_key]
+    with st.expander(f"The model without a mask: {len(unmasked)} view(s), {seconds:.2f} s", expanded=False):
+        st.dataframe(views.unmasked_frame(unmasked), hide_index=True)
 
 # ---- what to switch off -----------------------------------------------------------------------
 st.subheader("What to switch off")
@@ -102,15 +117,13 @@ if scale == 1.0:
 with st.expander("Neurons per layer"):
     st.plotly_chart(views.set_counts_figure({"switched": neuron_set.counts_per_layer()}), key="ablate.counts")
 
-results = state.results(loaded.key)
-
 # ---- one example --------------------------------------------------------------------------------
 st.subheader("This example, before and after")
 one_key = ("whatif", examples_fingerprint([example]), mask.key(), eval_config.hash())
 if st.button("Run what-if", type="primary"):
     start = time.perf_counter()
     try:
-        with st.spinner("Answering with and without the mask…"), loaded.lock:
+        with st.spinner("Answering with the mask…"), loaded.lock:
             results[one_key] = (what_if(model, example, mask, eval_config), time.perf_counter() - start)
     except NeuroritError as exc:
         st.error(str(exc))

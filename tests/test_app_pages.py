@@ -209,11 +209,15 @@ def test_ablate_page_hand_picked_what_if_batch_and_save(app_env: Path) -> None:
     at.text_input(key="w.ablate.neurons").set_value("0:1, 1:2, 1:40").run()
     _ok(at)
     assert "3 neurons" in _text(at)
+    unmasked = at.dataframe[0].value  # computed on arrival, before any mask
+    assert list(unmasked.columns) == ["view", "answer", "gold_logprob"] and list(unmasked.view) == ["relevant", "noisy", "irrelevant"]
+    assert "The model without a mask: 3 view(s)" in str([e.proto.label for e in at.expander])
     _button(at, "Run what-if").click()
     at.run()
     _ok(at)
-    frame = at.dataframe[0].value
+    frame = at.dataframe[1].value
     assert list(frame.view) == ["relevant", "noisy", "irrelevant"]
+    assert list(frame.answer_before) == list(unmasked.answer)  # the what-if reused the unmasked side
     assert {"answer_before", "answer_after", "logprob_before", "logprob_after"} <= set(frame.columns)
     assert "Answered in" in _text(at) and "gold log-prob" in _text(at)
 
@@ -222,7 +226,7 @@ def test_ablate_page_hand_picked_what_if_batch_and_save(app_env: Path) -> None:
     _button(at, "Run the batch (2 examples)").click()
     at.run()
     _ok(at)
-    table = at.dataframe[1].value
+    table = at.dataframe[2].value
     assert {"accuracy_base", "accuracy_masked", "accuracy_control"} <= set(table.columns)
     assert any("Accuracy without the mask" in str(c.proto.spec) for c in _charts(at))
 

@@ -229,6 +229,9 @@ def test_answers_and_whatif_frames() -> None:
     answers = views.answers_frame([{"view": "relevant", "answer": "Canberra", "correct": True, "logprob": -0.5, "n_tokens": 90}])
     assert answers.to_dict("records") == [{"view": "relevant", "answer": "Canberra", "correct": True,
                                            "gold_logprob": -0.5, "prompt_tokens": 90}]
+    unmasked = views.unmasked_frame([("noisy", "Sydney", -3.0), ("relevant", "Canberra", -0.25)])
+    assert unmasked.to_dict("records") == [{"view": "noisy", "answer": "Sydney", "gold_logprob": -3.0},
+                                           {"view": "relevant", "answer": "Canberra", "gold_logprob": -0.25}]
     items = [WhatIf("noisy", "Sydney", "Canberra", -3.0, -1.0, False, True), WhatIf("irrelevant", "Sydney", "Sydney", -4.0, -4.5, False, False)]
     frame = views.whatif_frame(items)
     assert list(frame.columns) == views.WHATIF_COLUMNS

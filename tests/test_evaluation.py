@@ -350,10 +350,46 @@ def test_what_if_reuses_the_unmasked_side_and_stays_correct(tiny_llama, monkeypa
     mask_b = NeuronMask.silencing(NeuronSet.from_neurons([(1, 2)], 2, 48), tiny_llama)
     first = evaluation.what_if(tiny_llama, example, mask_a, config)
     calls = []
-    real = evaluation.answer_and_logprob
-    monkeypatch.setattr(evaluation, "answer_and_logprob", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = evaluation._answer_logprob_ids
+    monkeypatch.setattr(evaluation, "_answer_logprob_ids", lambda *a, **k: calls.append(k.get("draft")) or real(*a, **k))
     second = evaluation.what_if(tiny_llama, example, mask_b, config)
-    assert len(calls) == 1  # only the masked side ran
+    assert len(calls) == 1 and calls[0]  # only the masked side ran, drafted by the unmasked tokens
     assert (second[0].answer_before, second[0].logprob_before) == (first[0].answer_before, first[0].logprob_before)
-    fresh = real(tiny_llama, evaluation.build_prompt(example, "relevant", config.prompt, tiny_llama.tokenizer), max_new_tokens=3)
-    assert (second[0].answer_before, second[0].logprob_before) == fresh
+    prompt = evaluation.build_prompt(example, "relevant", config.prompt, tiny_llama.tokenizer)
+    assert (second[0].answer_before, second[0].logprob_before) == evaluation.answer_and_logprob(tiny_llama, prompt, max_new_tokens=3)
+    with mask_b.applied(tiny_llama):
+        assert (second[0].answer_after, second[0].logprob_after) == evaluation.answer_and_logprob(tiny_llama, prompt, max_new_tokens=3)
+
+
+class _CountingModel:
+    """The model, counting forward passes."""
+
+    def __init__(self, model) -> None:  # type: ignore[no-untyped-def]
+        self.model, self.calls = model, 0
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return self.model(*args, **kwargs)
+
+
+def test_a_draft_gives_the_greedy_tokens_in_fewer_passes(tiny_llama, demo):
+    """Speculative decoding with greedy verification: whatever the draft, the tokens are those of
+    step-by-step decoding; a right draft costs one pass instead of one per token."""
+    from neurorit.evaluation import _answer_logprob_ids
+
+    prompt = build_prompt(demo[0], "noisy", PromptConfig(n_distractors=2), tiny_llama.tokenizer)
+    counting = _CountingModel(tiny_llama)
+    text, logprob, ids = _answer_logprob_ids(counting, prompt, 8)
+    assert len(ids) >= 4, ids
+    assert counting.calls == 2 + len(ids) - 1  # prefix, gold scoring, one step per further token
+    wrong = (ids[2] + 1) % tiny_llama.cfg.d_vocab
+    for draft in (ids, ids[:2], ids[:2] + [wrong] + ids[3:], [wrong] * 6, ids + ids, [wrong]):
+        counting.calls = 0
+        assert _answer_logprob_ids(counting, prompt, 8, draft) == (text, logprob, ids), draft
+        if draft == ids:
+            assert counting.calls == 3  # prefix, gold scoring, the draft pass
+    counting.calls = 0
+    assert _answer_logprob_ids(counting, prompt, 2, ids)[2] == ids[:2]  # the limit still holds

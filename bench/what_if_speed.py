@@ -6,7 +6,8 @@ For each of --examples demo examples and each mask (a mined irrelevant-exclusive
   - the masked side decoded step by step (no draft);
   - the masked side drafted by the unmasked answer (what `what_if` does), and checks that both
     give the same tokens and log-prob;
-  - `what_if` end to end for one view and for all three views, the unmasked side remembered.
+  - `what_if` end to end for the noisy view and for the Ablate page's three views (relevant,
+    noisy, irrelevant), the unmasked side remembered.
 Medians over examples; nothing else should run on the machine (see README, timings).
 Run: python bench/what_if_speed.py [--examples 8] [--mined cache/mined/KEY] [--threads N]
 """
@@ -51,7 +52,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     model = load_model(None, device="cpu", dtype=args.dtype)
     ident = model_identity(model)
-    config = evaluation.EvalConfig()
+    config = evaluation.EvalConfig(views=("relevant", "noisy", "irrelevant"))  # the Ablate page's default
     masks: dict[str, NeuronMask] = {}
     if args.mined:
         mined = MinedNeurons.load(Path(args.mined), model)

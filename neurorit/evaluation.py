@@ -136,52 +136,78 @@ def _maybe_masked(mask: NeuronMask | None, model: Any, strict: bool) -> Any:
     return mask.applied(model, strict=strict) if mask is not None else contextlib.nullcontext(model)
 
 
-def _greedy_ids(
-    model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int, draft: Sequence[int] = ()
-) -> list[int]:
-    """Greedy tokens from the prefix's last logits on, one cached step each, until a stop.
+LOOKUP_NGRAM = 3  # prompt lookup: match the answer's last 1..3 tokens in the prompt
+LOOKUP_TOKENS = 8  # and propose up to this many tokens that followed them
 
-    draft: tokens the answer probably starts with (the unmasked answer, in a what-if). They are
-    fed in one pass first; while the greedy choice equals the draft, the next logits come from
-    that pass instead of a step of their own, and at the first difference the cache is cut back
-    to the agreed tokens and decoding goes on step by step. The tokens are the greedy ones either
-    way (speculative decoding with greedy verification), up to float rounding between one pass
-    and single steps.
+
+def _lookup(context: Sequence[int], generated: Sequence[int], k: int) -> list[int]:
+    """The k tokens that follow the latest place in the prompt where the answer's last n tokens
+    stand (longest n first): answers copy the question and the passages."""
+    for n in range(min(LOOKUP_NGRAM, len(generated)), 0, -1):
+        tail = list(generated[-n:])
+        for start in range(len(context) - n - 1, -1, -1):
+            if list(context[start : start + n]) == tail:
+                return list(context[start + n : start + n + k])
+    return []
+
+
+def _greedy_ids(
+    model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int, draft: Sequence[int] = (),
+    context: Sequence[int] = (),
+) -> list[int]:
+    """Greedy tokens from the prefix's last logits on, until an end token, a newline after some
+    text, or the length limit.
+
+    Speculative decoding with greedy verification: each pass feeds the newest token together with
+    the tokens expected after it (the draft, e.g. the unmasked answer in a what-if, while the
+    answer follows it; else the tokens that follow the answer's last n-gram in the prompt
+    `context`), keeps the expected tokens the model would have chosen anyway, and cuts the cache
+    back at the first that it would not. The tokens are the step-by-step greedy ones, up to float
+    rounding between one pass and single steps; a right guess saves a pass per token.
     """
     tokenizer = model.tokenizer
     stops = stop_token_ids(model)
     limit = min(max_new_tokens, room)
-    draft = list(draft)[: max(0, limit - 1)]  # the last step never needs logits after it
-    n_prefix = cache.get_seq_length() if draft else 0
-    ahead = model(_tokens(model, draft), past_key_values=cache)[0] if draft else None  # [d, d_vocab]
-    aligned = ahead is not None
+    draft = list(draft)
     generated: list[int] = []
-    next_logits = logits[0, -1]
-    for step in range(limit):
-        next_id = int(next_logits.argmax())
+
+    def finished() -> bool:  # after appending a token
+        return "\n" in tokenizer.decode(generated, skip_special_tokens=True).lstrip() or len(generated) >= limit
+
+    row = logits[0, -1]  # predicts the next token; the cache holds the prefix and `generated`
+    while True:
+        next_id = int(row.argmax())
         if next_id in stops:
-            break
+            return generated
         generated.append(next_id)
-        text = tokenizer.decode(generated, skip_special_tokens=True)
-        if "\n" in text.lstrip() or step + 1 == limit:
-            break  # a newline after some text ends a short answer
-        if aligned and step < len(draft) and draft[step] == next_id:
-            next_logits = ahead[step]  # the draft pass already computed this step
-            continue
-        if aligned:  # the answer leaves the draft (or outgrows it): keep the agreed tokens' cache only
-            surplus = cache.get_seq_length() - (n_prefix + step)
-            if surplus > 0:
-                cache.crop(-surplus)
-            aligned = False
-        next_logits = model(_tokens(model, [next_id]), past_key_values=cache)[0, -1]  # [d_vocab]
-    return generated
+        if finished():
+            return generated
+        room_left = limit - len(generated) - 1  # tokens worth verifying after next_id
+        if draft[: len(generated)] == generated:
+            proposal = draft[len(generated) : len(generated) + room_left]
+        else:
+            proposal = _lookup(context, generated, min(LOOKUP_TOKENS, room_left)) if room_left > 0 else []
+        out = model(_tokens(model, [next_id, *proposal]), past_key_values=cache)[0]  # [1 + k, d_vocab]
+        j = 0
+        while j < len(proposal):
+            t = int(out[j].argmax())
+            if t != proposal[j] or t in stops:
+                break
+            generated.append(t)  # the model's own choice, and its cache entry is already there
+            if finished():
+                return generated
+            j += 1
+        if len(proposal) > j:
+            cache.crop(j - len(proposal))  # forget the proposed tokens the model did not choose
+        row = out[j]
 
 
 def _decode_greedy(
-    model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int, draft: Sequence[int] = ()
+    model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int, draft: Sequence[int] = (),
+    context: Sequence[int] = (),
 ) -> tuple[str, list[int]]:
     """(the answer text, the greedy token ids) from the prefix's logits and cache."""
-    generated = _greedy_ids(model, logits, cache, max_new_tokens, room, draft)
+    generated = _greedy_ids(model, logits, cache, max_new_tokens, room, draft, context)
     text = model.tokenizer.decode(generated, skip_special_tokens=True)
     return text.lstrip().split("\n")[0].strip(), generated
 
@@ -190,7 +216,7 @@ def generate_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: in
     """The model's greedy answer as token ids (trailing newline-only tokens dropped)."""
     logits, cache = model(_tokens(model, prompt_ids), return_type="logits_and_cache")
     room = int(model.cfg.n_ctx) - len(prompt_ids) + 1
-    generated = _greedy_ids(model, logits, cache, max_new_tokens, room)
+    generated = _greedy_ids(model, logits, cache, max_new_tokens, room, context=list(prompt_ids))
     while generated and not model.tokenizer.decode(generated[-1:], skip_special_tokens=True).strip():
         generated.pop()
     return generated
@@ -215,7 +241,7 @@ def generate_answer(
     _check_length(model, prompt, 0)
     with _maybe_masked(mask, model, strict):
         logits, cache = model(_tokens(model, prompt.token_ids), return_type="logits_and_cache")
-        return _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt))[0]
+        return _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt), context=prompt.token_ids)[0]
 
 
 @torch.no_grad()
@@ -253,7 +279,7 @@ def _answer_logprob_ids(
         predicting = torch.cat([predicting, scored[0].float()])  # [answer, d_vocab]
     targets = torch.tensor(answer_ids, device=predicting.device)
     logprob = float(predicting.log_softmax(-1).gather(-1, targets[:, None]).sum())
-    text, ids = _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt), draft)
+    text, ids = _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt), draft, prompt.token_ids)
     return text, logprob, ids
 
 

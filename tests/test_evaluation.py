@@ -393,3 +393,28 @@ def test_a_draft_gives_the_greedy_tokens_in_fewer_passes(tiny_llama, demo):
             assert counting.calls == 3  # prefix, gold scoring, the draft pass
     counting.calls = 0
     assert _answer_logprob_ids(counting, prompt, 2, ids)[2] == ids[:2]  # the limit still holds
+
+
+def _greedy_from_scratch(model, prompt_ids, max_new_tokens, context=()):  # type: ignore[no-untyped-def]
+    from neurorit.evaluation import _greedy_ids
+
+    with torch.no_grad():
+        logits, cache = model(torch.tensor([list(prompt_ids)]), return_type="logits_and_cache")
+        return _greedy_ids(model, logits, cache, max_new_tokens, 10**6, context=context)
+
+
+def test_prompt_lookup_proposes_from_the_context_and_keeps_the_greedy_tokens(tiny_llama, demo):
+    from neurorit.evaluation import _lookup
+
+    assert _lookup([5, 6, 7, 8, 5, 6, 9, 1], [3, 5, 6], 2) == [9, 1]  # the latest place of the longest tail
+    assert _lookup([5, 6, 7, 8], [4, 6], 3) == [7, 8] and _lookup([5, 6, 7], [9], 2) == []
+    prompt = build_prompt(demo[1], "relevant", PromptConfig(), tiny_llama.tokenizer).token_ids
+    counting = _CountingModel(tiny_llama)
+    plain = _greedy_from_scratch(counting, prompt, 10)
+    steps = counting.calls
+    assert len(plain) == 10 and steps == 10  # the prefix, then one pass per further token
+    for context in ([1, 2] + plain[:4] + [3] + plain[4:] + [4], list(reversed(plain)), plain[:3] * 3):
+        counting.calls = 0
+        assert _greedy_from_scratch(counting, prompt, 10, context) == plain, context
+        if context[2:6] == plain[:4]:
+            assert counting.calls < steps  # right guesses saved passes

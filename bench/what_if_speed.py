@@ -3,9 +3,9 @@
 For each of --examples demo examples and each mask (a mined irrelevant-exclusive set when
 --mined is given, a random set of the same per-layer size, and one whole layer), it times:
   - the unmasked side (answer + gold log-prob), computed once per example and view;
-  - the masked side decoded step by step (no draft);
-  - the masked side drafted by the unmasked answer (what `what_if` does), and checks that both
-    give the same tokens and log-prob;
+  - the masked side decoded one pass a token (no proposals), with prompt-lookup proposals, and
+    with those plus the unmasked answer as a draft (what `what_if` does), and checks that all
+    three give the same tokens and log-prob;
   - `what_if` end to end for the noisy view and for the Ablate page's three views (relevant,
     noisy, irrelevant), the unmasked side remembered.
 Medians over examples; nothing else should run on the machine (see README, timings).
@@ -73,35 +73,43 @@ def main() -> int:
           f"max_new_tokens {config.max_new_tokens}")
     evaluation.what_if(model, examples[0], next(iter(masks.values())), config, views=("noisy",))  # warm-up
 
-    unmasked, n_prompt = [], []
+    unmasked, unmasked_plain, n_prompt = [], [], []
     for example in examples:
         for prompt in evaluation._what_if_plan(model, example, config, None):
+            t0, _ = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens, lookup=False))
             t, _ = timed(lambda: evaluation._unmasked_answer(model, prompt, config.max_new_tokens))
+            unmasked_plain.append(t0)
             unmasked.append(t)
             n_prompt.append(prompt.n_tokens)
-    print(f"unmasked side (once per example and view): median {statistics.median(unmasked):.2f} s; prompts "
+    print(f"unmasked side (once per example and view): median {statistics.median(unmasked_plain):.2f} s one pass a "
+          f"token, {statistics.median(unmasked):.2f} s with prompt lookup; prompts "
           f"{min(n_prompt)}-{max(n_prompt)} tokens (median {statistics.median(n_prompt):.0f})")
 
-    print("| mask | masked side, step by step | masked side, drafted | same tokens & log-prob | answers changed | what_if, noisy view | what_if, 3 views |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| mask | masked side: one pass a token | + prompt lookup | + unmasked draft | same tokens & log-prob | "
+          "answers changed | what_if, noisy view | what_if, 3 views |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, mask in masks.items():
-        plain, drafted, same, changed, one_view, three_views = [], [], 0, 0, [], []
+        plain, looked, drafted, same, changed, one_view, three_views = [], [], [], 0, 0, [], []
         for example in examples:
             plan = evaluation._what_if_plan(model, example, config, None)
             for prompt in plan:
                 before = evaluation._unmasked_answer(model, prompt, config.max_new_tokens)
                 with mask.applied(model):
-                    t0, a = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens))
-                    t1, b = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens,
+                    t0, a = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens,
+                                                                         lookup=False))
+                    t1, b = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens))
+                    t2, c = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens,
                                                                          draft=before[2]))
                 plain.append(t0)
-                drafted.append(t1)
-                same += a == b
+                looked.append(t1)
+                drafted.append(t2)
+                same += a == b == c
                 changed += a[0] != before[0]
             one_view.append(timed(lambda: evaluation.what_if(model, example, mask, config, views=("noisy",)))[0])
             three_views.append(timed(lambda: evaluation.what_if(model, example, mask, config))[0])
         n = len(plain)
-        print(f"| {name} | {statistics.median(plain):.2f} s | {statistics.median(drafted):.2f} s | {same}/{n} | "
+        print(f"| {name} | {statistics.median(plain):.2f} s | {statistics.median(looked):.2f} s | "
+              f"{statistics.median(drafted):.2f} s | {same}/{n} | "
               f"{changed}/{n} | {statistics.median(one_view):.2f} s | {statistics.median(three_views):.2f} s |")
     return 0
 

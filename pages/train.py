@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
+import torch
 
 from app import artifacts, forms, resources, state, views
 from neurorit import jobs, store
@@ -102,6 +103,13 @@ config = forms.train_form(
     ident.n_layers, {artifacts.mined_label(e): str(e.folder) for e in mined_entries}, session_data=data_file,
     session_label=state.dataset_label(), prompt=state.prompt_config(), model=spec.name, device=spec.device,
 )
+gpus = torch.cuda.device_count()
+processes = 1
+if gpus > 1:
+    processes = int(st.number_input("Data-parallel processes (one per GPU)", min_value=1, max_value=gpus, step=1,
+                                    key=forms.init("w.train.processes", 1),
+                                    help="Each GPU holds the whole model and takes its share of every step; "
+                                         "launched with `accelerate launch` (see the README, Training)."))
 fresh = st.checkbox("Start in a new folder even if this config already ran", key=forms.init("w.train.fresh", False),
                     help="The default folder is keyed by the config: the same config finds its run again.")
 if config is not None:
@@ -123,7 +131,7 @@ if st.button("Start training", type="primary", disabled=config is None) and conf
         try:
             if config.data == data_file:
                 write_session_data(data_file, items)
-            job, folder = submit_training(config, folder if fresh else None)
+            job, folder = submit_training(config, folder if fresh else None, processes=processes)
             st.session_state[RUN_KEY] = str(folder)
             run_jobs[str(folder)] = job
             st.toast(f"Job {job.id} submitted")

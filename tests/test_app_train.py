@@ -250,6 +250,17 @@ def test_page_renders_the_form_and_builds_a_config(app_env: Path) -> None:
     assert "TrainConfig.lr = -1.0 is not allowed" in _text(at)
 
 
+def test_page_offers_data_parallel_processes_only_with_several_gpus(app_env: Path, monkeypatch) -> None:
+    at = _page().run()
+    _ok(at)
+    assert not [n for n in at.number_input if n.key == "w.train.processes"]  # this machine: no GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    at = _page().run()
+    _ok(at)
+    (field,) = [n for n in at.number_input if n.key == "w.train.processes"]
+    assert field.label == "Data-parallel processes (one per GPU)" and field.max == 4 and field.value == 1
+
+
 def test_page_offers_the_mined_sets_and_target_layers_for_neuro_rit(app_env: Path) -> None:
     from neurorit.mining import MinedNeurons
     from neurorit.models import ModelIdentity

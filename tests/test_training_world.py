@@ -114,3 +114,21 @@ def test_the_data_parallel_command_on_a_cpu_and_its_refusals(tmp_path, capsys):
         data_parallel_command(config, tmp_path / "run", 1)
     assert main(["train", "--method", "full", "--processes", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "--processes 0: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_a_background_job_trains_with_two_processes(tiny_llama_dir, tmp_path):
+    """submit_training(processes=2): the job runs `neurorit train --processes 2`, whose launcher
+    starts two ranks; the job ends done with rank 0's report in the folder."""
+    from neurorit import jobs
+    from neurorit.training import submit_training
+
+    config = small(model=str(tiny_llama_dir), max_steps=2, batch_size=1, grad_accum=2, eval_before=False, n_eval=1,
+                   device="cpu", bake=False)
+    job, folder = submit_training(config, tmp_path / "job", processes=2)
+    assert job.argv[-2:] == ("--processes", "2")
+    done = jobs.wait(job.id, timeout=300)
+    assert done.state == "done", done.log_tail()
+    report = load_report(folder)
+    assert report.status == "done" and report.steps == 2
+    assert loop.store.read_json(folder / loop.RUN_JSON)["world_size"] == 2
+    assert done.artifacts["report"] == str(folder / "report.json")

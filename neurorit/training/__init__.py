@@ -30,8 +30,12 @@ __all__ = [
 ]
 
 
-def submit_training(config: TrainConfig, run_dir: Path | None = None, *, quiet: bool = True) -> tuple[Any, Path]:
+def submit_training(
+    config: TrainConfig, run_dir: Path | None = None, *, quiet: bool = True, processes: int = 1
+) -> tuple[Any, Path]:
     """Queue `neurorit train` for the config as a background job; returns (Job, run folder).
+
+    processes > 1: data parallel, one process per GPU (`neurorit train --processes N`).
 
     The config travels as a JSON file under `cache/runs/_submitted/`; the run writes its
     metrics, status, checkpoints and report into the returned folder (default_run_dir(config)
@@ -47,6 +51,8 @@ def submit_training(config: TrainConfig, run_dir: Path | None = None, *, quiet: 
         argv += ["--out", str(folder)]
     if quiet:
         argv.append("--quiet")
+    if processes > 1:
+        argv += ["--processes", str(int(processes))]
     return jobs.submit("train", argv), folder
 
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from neurorit import store
 from neurorit.configs import from_dict, stable_hash, to_dict
 from neurorit.errors import ArtifactError, ConfigError
-from neurorit.models import frozen, model_identity, neuron_site
+from neurorit.models import frozen, model_identity, neuron_site, prefill
 from neurorit.types import LayerVector, NeuronGrid, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -373,7 +373,7 @@ def _ig_last_position(
     acts: dict[int, Tensor] = {}
     resid: dict[int, Tensor] = {}
     with torch.no_grad():
-        _, cache = model(prompt[None, :-1], return_type="logits_and_cache")
+        _, cache = prefill(model, prompt[None, :-1])
         hooks = _capture(model, {l: site.hook_name(l) for l in layers}, acts, (0, 0))
         hooks += _capture(model, {l: f"blocks.{l}.hook_in" for l in layers}, resid, (0, slice(None)))
         with model.hooks(fwd_hooks=hooks):

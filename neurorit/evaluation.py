@@ -29,7 +29,7 @@ from neurorit.data import RagExample
 from neurorit.errors import ArtifactError, ConfigError, DataError
 from neurorit.masks import NeuronMask, random_like
 from neurorit.metrics import contains_answer, exact_match, token_f1
-from neurorit.models import model_identity
+from neurorit.models import model_identity, prefill
 from neurorit.prompts import VIEWS, Prompt, PromptConfig, build_prompt
 from neurorit.types import BatchTokenIds, ProgressFn, no_progress
 
@@ -218,7 +218,7 @@ def _decode_greedy(
 
 def generate_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int = 16) -> list[int]:
     """The model's greedy answer as token ids (trailing newline-only tokens dropped)."""
-    logits, cache = model(_tokens(model, prompt_ids), return_type="logits_and_cache")
+    logits, cache = prefill(model, _tokens(model, prompt_ids))
     room = int(model.cfg.n_ctx) - len(prompt_ids) + 1
     generated = _greedy_ids(model, logits, cache, max_new_tokens, room, context=list(prompt_ids))
     while generated and not model.tokenizer.decode(generated[-1:], skip_special_tokens=True).strip():
@@ -244,7 +244,7 @@ def generate_answer(
         raise ConfigError.field("generate_answer", "max_new_tokens", max_new_tokens, "an integer >= 1")
     _check_length(model, prompt, 0)
     with _maybe_masked(mask, model, strict):
-        logits, cache = model(_tokens(model, prompt.token_ids), return_type="logits_and_cache")
+        logits, cache = prefill(model, _tokens(model, prompt.token_ids))
         return _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt), context=prompt.token_ids)[0]
 
 
@@ -276,7 +276,7 @@ def _answer_logprob_ids(
     """answer_and_logprob, also returning the greedy token ids; draft as in _greedy_ids; lookup=False
     decodes without prompt-lookup proposals (one pass a token unless drafted; benchmarks)."""
     _check_length(model, prompt, len(prompt.answer_ids))
-    logits, cache = model(_tokens(model, prompt.token_ids), return_type="logits_and_cache")
+    logits, cache = prefill(model, _tokens(model, prompt.token_ids))
     answer_ids = prompt.answer_ids
     predicting = logits[0, -1:].float()  # [1, d_vocab]: predicts the first answer token
     if len(answer_ids) > 1:

@@ -137,7 +137,7 @@ class _ScriptedModel:
     def parameters(self):  # type: ignore[no-untyped-def]
         yield torch.zeros(1)
 
-    def __call__(self, tokens, return_type="logits", past_key_values=None):  # type: ignore[no-untyped-def]
+    def __call__(self, tokens, return_type="logits", past_key_values=None, **kwargs):  # type: ignore[no-untyped-def]
         logits = torch.zeros(1, tokens.shape[1], len(self.tokenizer))
         logits[0, -1, self.script[min(self.calls, len(self.script) - 1)]] = 1.0
         self.calls += 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ig_gpu import timed  # noqa: E402
 from random_llama import SHAPES, build_random_bridge, load_tokenizer  # noqa: E402
 
 from neurorit import evaluation  # noqa: E402
@@ -36,13 +36,8 @@ from neurorit.prompts import PromptConfig, build_prompt  # noqa: E402
 
 
 def step(name: str, fn, device: torch.device):  # type: ignore[no-untyped-def]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    print(f"{name}: {time.perf_counter() - start:.2f} s", flush=True)
+    seconds, out = timed(fn, device, 1)
+    print(f"{name}: {seconds:.2f} s", flush=True)
     return out
 
 

@@ -216,6 +216,7 @@ def _decode_greedy(
     return text.lstrip().split("\n")[0].strip(), generated
 
 
+@torch.no_grad()
 def generate_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int = 16) -> list[int]:
     """The model's greedy answer as token ids (trailing newline-only tokens dropped)."""
     logits, cache = prefill(model, _tokens(model, prompt_ids))

@@ -372,6 +372,7 @@ class _CountingModel:
 
     def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self.calls += 1
+        self.grad_enabled = getattr(self, "grad_enabled", False) or torch.is_grad_enabled()
         return self.model(*args, **kwargs)
 
 
@@ -418,3 +419,14 @@ def test_prompt_lookup_proposes_from_the_context_and_keeps_the_greedy_tokens(tin
         assert _greedy_from_scratch(counting, prompt, 10, context) == plain, context
         if context[2:6] == plain[:4]:
             assert counting.calls < steps  # right guesses saved passes
+
+
+def test_generation_paths_build_no_autograd_graph(tiny_llama, demo):
+    from neurorit.evaluation import _answer_logprob_ids, generate_tokens
+
+    prompt = build_prompt(demo[0], "relevant", PromptConfig(), tiny_llama.tokenizer)
+    counting = _CountingModel(tiny_llama)
+    generate_tokens(counting, prompt.token_ids, max_new_tokens=3)
+    generate_answer(counting, prompt, max_new_tokens=3)
+    _answer_logprob_ids(counting, prompt, 3)
+    assert counting.calls >= 6 and not counting.grad_enabled

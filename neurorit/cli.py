@@ -736,6 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = ""
     if job_id:
         from neurorit.jobs import JobReporter
+        from neurorit.training.world import current_world
 
-        JobReporter(job_id).finish(error if code else "")
+        if not current_world().distributed:  # a launched rank: the launching process ends the job
+            JobReporter(job_id).finish(error if code else "")
     return code

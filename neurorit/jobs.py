@@ -250,10 +250,14 @@ class JobReporter:
 
     def artifact(self, name: str, path: str | Path) -> None:
         with closing(_connect()) as conn:
-            row = conn.execute("SELECT artifacts FROM jobs WHERE id=?", (self.job_id,)).fetchone()
-            artifacts = json.loads(row[0]) if row else {}
-            artifacts[name] = str(path)
-            conn.execute("UPDATE jobs SET artifacts=? WHERE id=?", (json.dumps(artifacts), self.job_id))
+            conn.execute("BEGIN IMMEDIATE")  # read-modify-write: several processes may record artifacts
+            try:
+                row = conn.execute("SELECT artifacts FROM jobs WHERE id=?", (self.job_id,)).fetchone()
+                artifacts = json.loads(row[0]) if row else {}
+                artifacts[name] = str(path)
+                conn.execute("UPDATE jobs SET artifacts=? WHERE id=?", (json.dumps(artifacts), self.job_id))
+            finally:
+                conn.execute("COMMIT")
 
     def finish(self, error: str = "") -> None:
         state = "failed" if error else "done"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def test_two_processes_train_as_one_does(tiny_llama_dir, tmp_path):
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "idle every step" not in proc.stderr  # grad_accum 2 = 2 processes
     assert f"run folder: {two}" in proc.stdout and proc.stdout.count("neuro_rit: done") == 1  # rank 0 prints
     assert load_yaml(two / "launch" / "train.yaml") == config.to_dict()
     one = run_training(fresh(tiny_llama_dir), demo_examples(), config, tmp_path / "one")
@@ -124,6 +126,7 @@ def test_a_background_job_trains_with_two_processes(tiny_llama_dir, tmp_path):
 
     config = small(model=str(tiny_llama_dir), max_steps=2, batch_size=1, grad_accum=2, eval_before=False, n_eval=1,
                    device="cpu", bake=False)
+    config = dataclasses.replace(config, grad_accum=1)  # one micro-batch a step: rank 1 idles, with a warning
     job, folder = submit_training(config, tmp_path / "job", processes=2)
     assert job.argv[-2:] == ("--processes", "2")
     done = jobs.wait(job.id, timeout=300)
@@ -132,3 +135,4 @@ def test_a_background_job_trains_with_two_processes(tiny_llama_dir, tmp_path):
     assert report.status == "done" and report.steps == 2
     assert loop.store.read_json(folder / loop.RUN_JSON)["world_size"] == 2
     assert done.artifacts["report"] == str(folder / "report.json")
+    assert "grad_accum 1 < 2 processes" in Path(done.log_path).read_text()

@@ -466,6 +466,10 @@ def _run_inner(
     plan = plan_for(config, model)  # a mask of another model: ModelMismatchError
     total_params = count_parameters(model)
     main = world.main  # rank 0 alone writes the run folder and evaluates
+    if main and world.distributed and config.grad_accum < world.size:
+        log.warning("grad_accum %d < %d processes: each step has %d micro-batch(es), so %d rank(s) idle every step; "
+                    "raise grad_accum (and lower batch_size) to use them all",
+                    config.grad_accum, world.size, config.grad_accum, world.size - config.grad_accum)
     if main:
         store.write_json(run_dir / RUN_JSON, {
             "plan": plan.describe(), "model": identity.__dict__, "data": data.summary(), "device": str(device),

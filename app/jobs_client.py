@@ -3,7 +3,7 @@
 Owns: writing a mining job's inputs (the chosen examples as neurorit JSON lines and a YAML config
 with the prompt, mining and selection sections) under `cache/job-inputs/<hash>/`, the argv of
 `python -m neurorit mine` for them (`mine_argv`, pure), and thin calls into `neurorit.jobs`
-(`submit`, `get`, `list_jobs`, `cancel`). The job runs in its own process and survives the page
+(`submit`, `get`, `list_jobs`; cancelling is app.progress.cancel_button). The job runs in its own process and survives the page
 and the server; the record in `cache/jobs.sqlite` is the only link. Must not: import streamlit,
 or run the mining itself.
 """
@@ -83,10 +83,6 @@ def list_jobs(limit: int = 20) -> list[Any]:
 
 def get(job_id: str) -> Any:
     return _jobs().get(job_id)
-
-
-def cancel(job_id: str) -> Any:
-    return _jobs().cancel(job_id)
 
 
 def is_final(job: Any) -> bool:

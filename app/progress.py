@@ -1,8 +1,8 @@
 """An `st.progress` adapter for the library's `on_progress(done, total, message)` callbacks.
 
 Owns: drawing one progress bar with the message, the count and an ETA; splitting one bar over
-several stages (e.g. IG on the relevant view, then the irrelevant view). Must not: compute
-anything itself. The user stops long work with Streamlit's Stop button: the next progress call
+several stages (e.g. IG on the relevant view, then the irrelevant view); the button that cancels
+a background job. Must not: compute anything itself. The user stops long work with Streamlit's Stop button: the next progress call
 then ends the script run.
 """
 
@@ -48,3 +48,16 @@ class StreamlitProgress:
 
     def clear(self) -> None:
         self._slot.empty()
+
+
+def cancel_button(job_id: str, *, label: str, key: str, container: Any | None = None) -> None:
+    """A button that cancels the background job (an error message if that fails), then reruns."""
+    if (container or st).button(label, key=key):
+        from neurorit import jobs
+        from neurorit.errors import NeuroritError
+
+        try:
+            jobs.cancel(job_id)
+        except (NeuroritError, OSError) as exc:
+            st.error(f"Cannot cancel job {job_id}: {exc}")
+        st.rerun()

@@ -7,6 +7,7 @@ import random
 import streamlit as st
 
 from app import artifacts, forms, jobs_client, resources, state, views
+from app.progress import cancel_button
 from neurorit.errors import NeuroritError
 from neurorit.models import BUNDLED_MODEL
 
@@ -92,12 +93,7 @@ else:
         if job.error:
             st.error(job.error)
         if not jobs_client.is_final(job):
-            if st.button("Cancel the job", key=f"cancel.{job.id}"):
-                try:
-                    jobs_client.cancel(job.id)
-                except (NeuroritError, OSError) as exc:
-                    st.error(f"Cannot cancel job {job.id}: {exc}")
-                st.rerun()
+            cancel_button(job.id, label="Cancel the job", key=f"cancel.{job.id}")
         elif not jobs_client.is_final(first):
             st.rerun()  # it just finished: redraw the page (results, no more polling)
         with st.expander("Log"):

@@ -15,6 +15,7 @@ import streamlit as st
 import torch
 
 from app import artifacts, forms, resources, state, views
+from app.progress import cancel_button
 from neurorit import jobs, store
 from neurorit.data import RagExample, demo_examples, examples_fingerprint, save_examples
 from neurorit.errors import NeuroritError
@@ -187,12 +188,7 @@ def run_panel() -> None:
 
     c1, c2, _ = st.columns([1, 1, 4])
     if job is not None and job.state in views.ACTIVE_RUN_STATES:
-        if c1.button("Cancel", key=f"train.cancel.{job.id}"):
-            try:
-                jobs.cancel(job.id)
-            except (NeuroritError, OSError) as exc:
-                st.error(f"Cannot cancel job {job.id}: {exc}")
-            st.rerun()
+        cancel_button(job.id, label="Cancel", key=f"train.cancel.{job.id}", container=c1)
     checkpoint = latest_checkpoint(folder) if folder.is_dir() else None
     if views.can_resume(run_state, checkpoint is not None):
         if c2.button(f"Resume from step {checkpoint.step}", key=f"train.resume.{folder.name}"):

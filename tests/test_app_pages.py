@@ -298,7 +298,9 @@ def test_mine_page_shows_a_finished_job_and_its_sets(app_env: Path, tiny_llama, 
     cancelled: list[str] = []
     monkeypatch.setattr(jobs_client, "list_jobs", lambda limit=20: [running, done])
     monkeypatch.setattr(jobs_client, "get", lambda job_id: {"mine-1": done, "mine-2": running}[job_id])
-    monkeypatch.setattr(jobs_client, "cancel", lambda job_id: cancelled.append(job_id))
+    from neurorit import jobs
+
+    monkeypatch.setattr(jobs, "cancel", lambda job_id: cancelled.append(job_id))
     at = _page("mine").run()
     _ok(at)
     text = _text(at)

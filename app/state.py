@@ -57,11 +57,16 @@ def default_spec(env: MutableMapping[str, str] | None = None) -> ModelSpec:
     return ModelSpec(_blank(env.get("NEURORIT_MODEL")), _blank(env.get("NEURORIT_DEVICE")), _blank(env.get("NEURORIT_DTYPE")))
 
 
-def model_spec(state: MutableMapping[str, Any] | None = None) -> ModelSpec:
+def _get_or_init(state: MutableMapping[str, Any] | None, key: str, make: Any) -> Any:
+    """state[key], set to make() the first time it is asked for."""
     s = _state(state)
-    if MODEL_SPEC not in s:
-        s[MODEL_SPEC] = default_spec()
-    return s[MODEL_SPEC]
+    if key not in s:
+        s[key] = make()
+    return s[key]
+
+
+def model_spec(state: MutableMapping[str, Any] | None = None) -> ModelSpec:
+    return _get_or_init(state, MODEL_SPEC, default_spec)
 
 
 def set_model_spec(spec: ModelSpec, state: MutableMapping[str, Any] | None = None) -> bool:
@@ -149,10 +154,7 @@ def original_example(state: MutableMapping[str, Any] | None = None) -> RagExampl
 
 
 def prompt_config(state: MutableMapping[str, Any] | None = None) -> PromptConfig:
-    s = _state(state)
-    if PROMPT_CONFIG not in s:
-        s[PROMPT_CONFIG] = PromptConfig()
-    return s[PROMPT_CONFIG]
+    return _get_or_init(state, PROMPT_CONFIG, PromptConfig)
 
 
 def set_prompt_config(config: PromptConfig, state: MutableMapping[str, Any] | None = None) -> None:

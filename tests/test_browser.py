@@ -163,6 +163,25 @@ def _go(page: object, title: str) -> None:
     _idle(page)
 
 
+def _set_number(page: object, label: str, value: int) -> None:
+    """Type a value into a number input and let the script rerun."""
+    box = page.get_by_role("spinbutton", name=label)  # type: ignore[attr-defined]
+    box.fill(str(value))
+    box.press("Enter")
+    _idle(page)
+
+
+def _timed_click(page: object, button: str, until: str, timeout: int = SLOW) -> float:
+    """Seconds from clicking `button` until `until` shows and the script run finished."""
+    from playwright.sync_api import expect
+
+    start = time.perf_counter()
+    page.get_by_role("button", name=button).click()  # type: ignore[attr-defined]
+    expect(page.get_by_text(until)).to_be_visible(timeout=timeout)  # type: ignore[attr-defined]
+    _idle(page)
+    return time.perf_counter() - start
+
+
 def _main_text(page: object) -> str:
     return page.locator('[data-testid="stMain"]').inner_text()  # type: ignore[attr-defined]
 
@@ -191,15 +210,8 @@ def test_workbench_flow(browser_page: object, server: str) -> None:
 
     # 2. Explore: IG with m = 4 on both views, heatmap with hover data, answers, sets, top neurons
     _go(page, "Explore one example")
-    steps = page.get_by_role("spinbutton", name="IG steps (m)")
-    steps.fill("4")
-    steps.press("Enter")
-    _idle(page)
-    start = time.perf_counter()
-    page.get_by_role("button", name="Run IG (m = 4)").click()
-    expect(page.get_by_text("Answers and gold log-probabilities")).to_be_visible(timeout=SLOW)
-    _idle(page)
-    timings["IG, both views"] = time.perf_counter() - start
+    _set_number(page, "IG steps (m)", 4)
+    timings["IG, both views"] = _timed_click(page, "Run IG (m = 4)", "Answers and gold log-probabilities")
     assert timings["IG, both views"] < IG_BUDGET_S, timings
     text = _main_text(page)
     assert "Showing the IG result" in text and "completeness gap" in text
@@ -217,23 +229,13 @@ def test_workbench_flow(browser_page: object, server: str) -> None:
     expect(page.get_by_text("From the ig result of example")).to_be_visible()
     summary = page.get_by_text("neurons in").first.inner_text()
     assert "irrelevant-exclusive of" in _main_text(page), summary
-    start = time.perf_counter()
-    page.get_by_role("button", name="Run what-if").click()
-    expect(page.get_by_text("Answered in")).to_be_visible(timeout=SLOW)
-    _idle(page)
-    timings["what-if"] = time.perf_counter() - start
+    timings["what-if"] = _timed_click(page, "Run what-if", "Answered in")
     text = _main_text(page)
     assert "Before:" in text and "After:" in text and "gold log-prob" in text
     assert "noisy view" in text and "irrelevant view" in text
-    batch = page.get_by_role("spinbutton", name="Examples (from the start of the dataset)")
-    batch.fill("2")
-    batch.press("Enter")
-    _idle(page)
-    start = time.perf_counter()
-    page.get_by_role("button", name="Run the batch (2 examples)").click()
-    expect(page.get_by_text("Accuracy without the mask, with it, and with a random mask")).to_be_visible(timeout=2 * SLOW)
-    _idle(page)
-    timings["batch of 2, 3 views, base + masked + control"] = time.perf_counter() - start
+    _set_number(page, "Examples (from the start of the dataset)", 2)
+    timings["batch of 2, 3 views, base + masked + control"] = _timed_click(
+        page, "Run the batch (2 examples)", "Accuracy without the mask, with it, and with a random mask", 2 * SLOW)
     page.get_by_role("button", name="Save the mask").click()
     expect(page.get_by_text("Saved mask")).to_be_visible()
     _shot(page, "3-ablate", 3000)
@@ -261,19 +263,10 @@ def test_workbench_flow(browser_page: object, server: str) -> None:
     _go(page, "Mine a dataset")
     page.get_by_text("a random sample").click()
     _idle(page)
-    size = page.get_by_role("spinbutton", name="Sample size")
-    size.fill("3")
-    size.press("Enter")
-    _idle(page)
-    steps = page.get_by_role("spinbutton", name="IG steps (m)")
-    steps.fill("2")
-    steps.press("Enter")
-    _idle(page)
-    start = time.perf_counter()
-    page.get_by_role("button", name="Start mining job (3 examples)").click()
-    expect(page.get_by_text("Set sizes per layer")).to_be_visible(timeout=240_000)
-    _idle(page)
-    timings["mining job, 3 examples, m = 2"] = time.perf_counter() - start
+    _set_number(page, "Sample size", 3)
+    _set_number(page, "IG steps (m)", 2)
+    timings["mining job, 3 examples, m = 2"] = _timed_click(
+        page, "Start mining job (3 examples)", "Set sizes per layer", 240_000)
     text = _main_text(page)
     assert "3 examples on SmolLM2-135M-Instruct" in text, text[-2000:]
     assert "Stability" in text or page.get_by_text("Stability").count()

@@ -2,12 +2,15 @@
 
 For each of --examples demo examples and each mask (a mined irrelevant-exclusive set when
 --mined is given, a random set of the same per-layer size, and one whole layer), it times:
-  - the unmasked side (answer + gold log-prob), computed once per example and view;
-  - the masked side decoded one pass a token (no proposals), with prompt-lookup proposals, and
-    with those plus the unmasked answer as a draft (what `what_if` does), and checks that all
-    three give the same tokens and log-prob;
+  - the unmasked side (answer + gold log-prob), computed once per example and view, through the
+    bridge and on the fast path (neurorit/fastpath.py);
+  - the masked side on the fast path decoded one pass a token (no proposals), with prompt-lookup
+    proposals, with those plus the unmasked answer as a draft, and with those plus the unmasked
+    prefill replayed below the mask's lowest layer (what `what_if` does); and the same work
+    through the bridge with the mask's hooks (the path before the fast path). It checks that all
+    give the same tokens and log-probs (1e-4);
   - `what_if` end to end for the noisy view and for the Ablate page's three views (relevant,
-    noisy, irrelevant), the unmasked side remembered.
+    noisy, irrelevant), the unmasked side remembered, on the fast path and through the bridge.
 Medians over examples; nothing else should run on the machine (see README, timings).
 Run: python bench/what_if_speed.py [--examples 8] [--mined cache/mined/KEY] [--threads N]
 """
@@ -15,6 +18,7 @@ Run: python bench/what_if_speed.py [--examples 8] [--mined cache/mined/KEY] [--t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -38,6 +42,20 @@ def timed(fn):  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
+
+
+@contextlib.contextmanager
+def _fastpath_off():  # type: ignore[no-untyped-def]
+    """Inside: decoding goes through the bridge (NEURORIT_FASTPATH=0)."""
+    before = os.environ.get("NEURORIT_FASTPATH")
+    os.environ["NEURORIT_FASTPATH"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("NEURORIT_FASTPATH")
+        else:
+            os.environ["NEURORIT_FASTPATH"] = before
 
 
 def main() -> int:
@@ -73,44 +91,57 @@ def main() -> int:
           f"max_new_tokens {config.max_new_tokens}")
     evaluation.what_if(model, examples[0], next(iter(masks.values())), config, views=("noisy",))  # warm-up
 
-    unmasked, unmasked_plain, n_prompt = [], [], []
+    unmasked_bridge, unmasked_fast, n_prompt = [], [], []
     for example in examples:
         for prompt in evaluation._what_if_plan(model, example, config, None):
-            t0, _ = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens, lookup=False))
-            t, _ = timed(lambda: evaluation._unmasked_answer(model, prompt, config.max_new_tokens))
-            unmasked_plain.append(t0)
-            unmasked.append(t)
+            with _fastpath_off():
+                t0, a = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens))
+            t1, b = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens))
+            assert a[0] == b[0] and abs(a[1] - b[1]) < 1e-4, (a, b)
+            unmasked_bridge.append(t0)
+            unmasked_fast.append(t1)
             n_prompt.append(prompt.n_tokens)
-    print(f"unmasked side (once per example and view): median {statistics.median(unmasked_plain):.2f} s one pass a "
-          f"token, {statistics.median(unmasked):.2f} s with prompt lookup; prompts "
+    print(f"unmasked side (once per example and view): median {statistics.median(unmasked_bridge):.2f} s through the "
+          f"bridge, {statistics.median(unmasked_fast):.2f} s on the fast path; prompts "
           f"{min(n_prompt)}-{max(n_prompt)} tokens (median {statistics.median(n_prompt):.0f})")
 
-    print("| mask | masked side: one pass a token | + prompt lookup | + unmasked draft | same tokens & log-prob | "
-          "answers changed | what_if, noisy view | what_if, 3 views |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| mask | lowest layer | masked side, fast path: one pass a token | + prompt lookup | + unmasked draft | "
+          "+ prefill replay | same work through the bridge | same tokens & log-prob | answers changed | "
+          "what_if, noisy view | what_if, 3 views | what_if, 3 views, bridge |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    n_ctx = config.max_new_tokens
     for name, mask in masks.items():
-        plain, looked, drafted, same, changed, one_view, three_views = [], [], [], 0, 0, [], []
+        cols: dict[str, list[float]] = {k: [] for k in ("plain", "lookup", "draft", "replay", "bridge", "one", "three", "three_bridge")}
+        same = changed = 0
         for example in examples:
             plan = evaluation._what_if_plan(model, example, config, None)
+            evaluation._UNMASKED.clear()  # as when the example is picked: the unmasked side runs, recorded
+            evaluation._PREFILLS.clear()
             for prompt in plan:
-                before = evaluation._unmasked_answer(model, prompt, config.max_new_tokens)
-                with mask.applied(model):
-                    t0, a = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens,
-                                                                         lookup=False))
-                    t1, b = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens))
-                    t2, c = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens,
-                                                                         draft=before[2]))
-                plain.append(t0)
-                looked.append(t1)
-                drafted.append(t2)
-                same += a == b == c
+                before = evaluation._unmasked_answer(model, prompt, n_ctx)
+                key = (ident.fingerprint, prompt.token_ids, prompt.answer_ids, n_ctx)
+                replay = evaluation._PREFILLS.get(key)
+                with torch.no_grad(), evaluation.decoding(model, mask) as new:
+                    t0, a = timed(lambda: evaluation._answer_logprob_ids(model, prompt, n_ctx, lookup=False, steps=new()))
+                    t1, b = timed(lambda: evaluation._answer_logprob_ids(model, prompt, n_ctx, steps=new()))
+                    t2, c = timed(lambda: evaluation._answer_logprob_ids(model, prompt, n_ctx, draft=before[2], steps=new()))
+                    t3, d = timed(lambda: evaluation._answer_logprob_ids(model, prompt, n_ctx, draft=before[2],
+                                                                         steps=new(replay=replay)))
+                with _fastpath_off(), torch.no_grad(), evaluation.decoding(model, mask) as new:
+                    t4, e = timed(lambda: evaluation._answer_logprob_ids(model, prompt, n_ctx, draft=before[2], steps=new()))
+                for k, t in zip(("plain", "lookup", "draft", "replay", "bridge"), (t0, t1, t2, t3, t4)):
+                    cols[k].append(t)
+                same += all(x[0] == a[0] and abs(x[1] - a[1]) < 1e-4 for x in (b, c, d, e))
                 changed += a[0] != before[0]
-            one_view.append(timed(lambda: evaluation.what_if(model, example, mask, config, views=("noisy",)))[0])
-            three_views.append(timed(lambda: evaluation.what_if(model, example, mask, config))[0])
-        n = len(plain)
-        print(f"| {name} | {statistics.median(plain):.2f} s | {statistics.median(looked):.2f} s | "
-              f"{statistics.median(drafted):.2f} s | {same}/{n} | "
-              f"{changed}/{n} | {statistics.median(one_view):.2f} s | {statistics.median(three_views):.2f} s |")
+            cols["one"].append(timed(lambda: evaluation.what_if(model, example, mask, config, views=("noisy",)))[0])
+            cols["three"].append(timed(lambda: evaluation.what_if(model, example, mask, config))[0])
+            with _fastpath_off():
+                cols["three_bridge"].append(timed(lambda: evaluation.what_if(model, example, mask, config))[0])
+        med = {k: statistics.median(v) for k, v in cols.items()}
+        n = len(cols["plain"])
+        print(f"| {name} | {min(mask.layers)} | {med['plain']:.2f} s | {med['lookup']:.2f} s | {med['draft']:.2f} s | "
+              f"{med['replay']:.2f} s | {med['bridge']:.2f} s | {same}/{n} | {changed}/{n} | {med['one']:.2f} s | "
+              f"{med['three']:.2f} s | {med['three_bridge']:.2f} s |")
     return 0
 
 

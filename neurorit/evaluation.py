@@ -4,26 +4,26 @@ Owns: `EvalConfig` (views, the noise sweep, generation length, the nested prompt
 KV-cached answer generation (`generate_answer`), the teacher-forced answer log-probability
 (`answer_logprob`), per-prompt results and their roll-up (`EvalReport`, saved as JSON), the
 ablation study of METHOD.md (base vs masked vs random-mask control: `ablate`, `AblationReport`)
-and the one-example fast path of the UI (`what_if`). Must not: load models or datasets, spell
-hook names (masks.py applies masks), or print.
+and the one-example fast path of the UI (`what_if`). Greedy decoding runs on fastpath.py's
+hook-free forward when it can stand in for the model (`decoding`), else through the bridge with the
+mask's hooks. Must not: load models or datasets, spell hook names (masks.py applies masks), or print.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import torch
 
-from neurorit import store
+from neurorit import fastpath, store
 from neurorit.configs import from_dict, stable_hash, to_dict
 from neurorit.data import RagExample
 from neurorit.errors import ArtifactError, ConfigError, DataError
@@ -136,12 +136,53 @@ def _maybe_masked(mask: NeuronMask | None, model: Any, strict: bool) -> Any:
     return mask.applied(model, strict=strict) if mask is not None else contextlib.nullcontext(model)
 
 
-# Prompt lookup: match the answer's last 1..3 tokens in the prompt and propose the 3 tokens that
-# followed them. Simulated on the bundled model's greedy answers to 8 demo questions x 3 views with
-# measured pass costs (1 token 59 ms, 4 tokens 74 ms, 9 tokens 94 ms on 2 cores): decoding costs
-# 0.69 of one pass a token with 3 proposed tokens, 0.75 with 8 (wrong guesses cost more).
+class _BridgeSteps:
+    """One prompt's decoding state through the bridge (hooks fire; HF's KV cache)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.cache = model, None
+
+    def prefill(self, token_ids: Sequence[int], keep: int) -> torch.Tensor:  # [keep, d_vocab]
+        logits, self.cache = prefill(self.model, _tokens(self.model, token_ids), keep=keep)
+        return logits[0]
+
+    def extend(self, token_ids: Sequence[int]) -> torch.Tensor:  # [len(token_ids), d_vocab]
+        return self.model(_tokens(self.model, token_ids), past_key_values=self.cache)[0]
+
+    def crop_last(self, k: int) -> None:
+        if k:
+            self.cache.crop(-k)
+
+
+Steps = Any  # _BridgeSteps | fastpath.FastSteps: prefill(ids, keep), extend(ids), crop_last(k)
+
+
+@contextlib.contextmanager
+def decoding(model: Any, mask: NeuronMask | None = None, *, strict: bool = True) -> Iterator[Any]:
+    """A maker of per-prompt decoding states (`new(record=False, replay=None)`) that run the model
+    with the mask: the fast path when it reproduces the model (fastpath.why_not is None), else the
+    bridge under mask.applied. Both give the same tokens up to float rounding (tests hold them to
+    1e-4 of the logits); the fast path is ~1.9x faster a decoded token on the bundled model."""
+    reason = fastpath.why_not(model)
+    if reason is None:
+        if mask is not None:
+            mask.check(model, strict=strict)
+        fast = fastpath.of(model)
+        scale = mask.scale if mask is not None and mask.layers else None
+        yield lambda record=False, replay=None: fastpath.FastSteps(fast, scale, record=record, replay=replay)
+    else:
+        log.debug("decoding through the bridge: %s", reason)
+        with _maybe_masked(mask, model, strict):
+            yield lambda record=False, replay=None: _BridgeSteps(model)
+
+
+# Prompt lookup: match the answer's last 1..3 tokens in the prompt and propose the token that
+# followed them. On the fast path a pass over 1, 2, 3, 4 tokens costs 43.5, 46.9, 50.0, 69.3 ms
+# (bundled model, 2 cores); decoding the bundled model's answers to 8 demo questions x 3 views twice
+# took 36.1 s unmasked / 34.8 s masked in total proposing 1 token, 36.2 / 36.1 s with 2, 39.4 /
+# 39.3 s with 3 (bench notes in bench/results/what_if_cpu.md).
 LOOKUP_NGRAM = 3
-LOOKUP_TOKENS = 3
+LOOKUP_TOKENS = 1
 
 
 def _lookup(context: Sequence[int], generated: Sequence[int], k: int) -> list[int]:
@@ -156,11 +197,11 @@ def _lookup(context: Sequence[int], generated: Sequence[int], k: int) -> list[in
 
 
 def _greedy_ids(
-    model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int, draft: Sequence[int] = (),
+    model: Any, steps: Steps, row: torch.Tensor, max_new_tokens: int, room: int, draft: Sequence[int] = (),
     context: Sequence[int] = (),
 ) -> list[int]:
-    """Greedy tokens from the prefix's last logits on, until an end token, a newline after some
-    text, or the length limit.
+    """Greedy tokens from the prefix's last logits `row` on, until an end token, a newline after
+    some text, or the length limit; `steps` holds the prefix.
 
     Speculative decoding with greedy verification: each pass feeds the newest token together with
     the tokens expected after it (the draft, e.g. the unmasked answer in a what-if, while the
@@ -178,8 +219,7 @@ def _greedy_ids(
     def finished() -> bool:  # after appending a token
         return "\n" in tokenizer.decode(generated, skip_special_tokens=True).lstrip() or len(generated) >= limit
 
-    row = logits[0, -1]  # predicts the next token; the cache holds the prefix and `generated`
-    while True:
+    while True:  # `row` predicts the next token; the cache holds the prefix and `generated`
         next_id = int(row.argmax())
         if next_id in stops:
             return generated
@@ -191,7 +231,7 @@ def _greedy_ids(
             proposal = draft[len(generated) : len(generated) + room_left]
         else:
             proposal = _lookup(context, generated, min(LOOKUP_TOKENS, room_left)) if room_left > 0 else []
-        out = model(_tokens(model, [next_id, *proposal]), past_key_values=cache)[0]  # [1 + k, d_vocab]
+        out = steps.extend([next_id, *proposal])  # [1 + k, d_vocab]
         j = 0
         while j < len(proposal):
             t = int(out[j].argmax())
@@ -201,27 +241,23 @@ def _greedy_ids(
             if finished():
                 return generated
             j += 1
-        if len(proposal) > j:
-            cache.crop(j - len(proposal))  # forget the proposed tokens the model did not choose
+        steps.crop_last(len(proposal) - j)  # forget the proposed tokens the model did not choose
         row = out[j]
 
 
-def _decode_greedy(
-    model: Any, logits: torch.Tensor, cache: Any, max_new_tokens: int, room: int, draft: Sequence[int] = (),
-    context: Sequence[int] = (),
-) -> tuple[str, list[int]]:
-    """(the answer text, the greedy token ids) from the prefix's logits and cache."""
-    generated = _greedy_ids(model, logits, cache, max_new_tokens, room, draft, context)
-    text = model.tokenizer.decode(generated, skip_special_tokens=True)
-    return text.lstrip().split("\n")[0].strip(), generated
+def _answer_text(model: Any, generated: Sequence[int]) -> str:
+    text = model.tokenizer.decode(list(generated), skip_special_tokens=True)
+    return text.lstrip().split("\n")[0].strip()
 
 
 @torch.no_grad()
 def generate_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int = 16) -> list[int]:
     """The model's greedy answer as token ids (trailing newline-only tokens dropped)."""
-    logits, cache = prefill(model, _tokens(model, prompt_ids))
-    room = int(model.cfg.n_ctx) - len(prompt_ids) + 1
-    generated = _greedy_ids(model, logits, cache, max_new_tokens, room, context=list(prompt_ids))
+    with decoding(model) as new_steps:
+        steps = new_steps()
+        row = steps.prefill(prompt_ids, keep=1)[-1]
+        room = int(model.cfg.n_ctx) - len(prompt_ids) + 1
+        generated = _greedy_ids(model, steps, row, max_new_tokens, room, context=list(prompt_ids))
     while generated and not model.tokenizer.decode(generated[-1:], skip_special_tokens=True).strip():
         generated.pop()
     return generated
@@ -239,14 +275,16 @@ def generate_answer(
     """The model's greedy answer to the prompt (KV cache: the prefix once, then one token a step).
 
     Stops at an end token (see stop_token_ids), at a newline after some text, or after
-    max_new_tokens; returns the decoded answer, stripped. With a mask, runs under mask.applied.
+    max_new_tokens; returns the decoded answer, stripped. With a mask, runs with it (see decoding).
     """
     if max_new_tokens < 1:
         raise ConfigError.field("generate_answer", "max_new_tokens", max_new_tokens, "an integer >= 1")
     _check_length(model, prompt, 0)
-    with _maybe_masked(mask, model, strict):
-        logits, cache = prefill(model, _tokens(model, prompt.token_ids))
-        return _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt), context=prompt.token_ids)[0]
+    with decoding(model, mask, strict=strict) as new_steps:
+        steps = new_steps()
+        row = steps.prefill(prompt.token_ids, keep=1)[-1]
+        generated = _greedy_ids(model, steps, row, max_new_tokens, _room(model, prompt), context=prompt.token_ids)
+    return _answer_text(model, generated)
 
 
 @torch.no_grad()
@@ -262,32 +300,38 @@ def answer_logprob(model: Any, prompt: Prompt, *, mask: NeuronMask | None = None
 
 
 def answer_and_logprob(model: Any, prompt: Prompt, *, max_new_tokens: int = 16) -> tuple[str, float]:
-    """generate_answer and answer_logprob sharing one prefix forward (the caller applies any mask).
-
-    The prefix's KV cache is copied: one copy scores the gold answer, the other decodes.
-    """
-    text, logprob, _ = _answer_logprob_ids(model, prompt, max_new_tokens)
+    """generate_answer and answer_logprob sharing one prefix forward (the caller applies any mask)."""
+    with decoding(model) as new_steps:
+        text, logprob, _ = _answer_logprob_ids(model, prompt, max_new_tokens, steps=new_steps())
     return text, logprob
 
 
 @torch.no_grad()
 def _answer_logprob_ids(
-    model: Any, prompt: Prompt, max_new_tokens: int, draft: Sequence[int] = (), *, lookup: bool = True
+    model: Any, prompt: Prompt, max_new_tokens: int, draft: Sequence[int] = (), *, lookup: bool = True,
+    steps: Steps | None = None,
 ) -> tuple[str, float, list[int]]:
     """answer_and_logprob, also returning the greedy token ids; draft as in _greedy_ids; lookup=False
-    decodes without prompt-lookup proposals (one pass a token unless drafted; benchmarks)."""
+    decodes without prompt-lookup proposals (one pass a token unless drafted; benchmarks).
+
+    One prefill scores the gold answer too: it runs over the prompt and the gold answer but its last
+    token, keeps the logits of the answer's positions, then crops the cache back to the prompt.
+    """
     _check_length(model, prompt, len(prompt.answer_ids))
-    logits, cache = prefill(model, _tokens(model, prompt.token_ids))
-    answer_ids = prompt.answer_ids
-    predicting = logits[0, -1:].float()  # [1, d_vocab]: predicts the first answer token
-    if len(answer_ids) > 1:
-        scored = model(_tokens(model, answer_ids[:-1]), past_key_values=copy.deepcopy(cache))
-        predicting = torch.cat([predicting, scored[0].float()])  # [answer, d_vocab]
-    targets = torch.tensor(answer_ids, device=predicting.device)
-    logprob = float(predicting.log_softmax(-1).gather(-1, targets[:, None]).sum())
+    if steps is None:
+        with decoding(model) as new_steps:
+            return _answer_logprob_ids(model, prompt, max_new_tokens, draft, lookup=lookup, steps=new_steps())
+    answer_ids = list(prompt.answer_ids)
+    scored = answer_ids[:-1]
+    logits = steps.prefill(list(prompt.token_ids) + scored, keep=len(scored) + 1)  # [answer, d_vocab]
+    logprob = 0.0
+    if answer_ids:
+        targets = torch.tensor(answer_ids, device=logits.device)
+        logprob = float(logits.float().log_softmax(-1).gather(-1, targets[:, None]).sum())
+    steps.crop_last(len(scored))
     context = prompt.token_ids if lookup else ()
-    text, ids = _decode_greedy(model, logits, cache, max_new_tokens, _room(model, prompt), draft, context)
-    return text, logprob, ids
+    ids = _greedy_ids(model, steps, logits[0], max_new_tokens, _room(model, prompt), draft, context)
+    return _answer_text(model, ids), logprob, ids
 
 
 # ---- results and reports ------------------------------------------------------------------------
@@ -461,9 +505,9 @@ def evaluate(
     examples = list(examples)
     plan, skipped = _prompt_plan(model, examples, config)
     results = []
-    with _maybe_masked(mask, model, strict):
+    with torch.no_grad(), decoding(model, mask, strict=strict) as new_steps:
         for done, (example, k, prompt) in enumerate(plan, start=1):
-            answer, logprob = answer_and_logprob(model, prompt, max_new_tokens=config.max_new_tokens)
+            answer, logprob, _ = _answer_logprob_ids(model, prompt, config.max_new_tokens, steps=new_steps())
             results.append(_result(example, k, prompt, answer, logprob))
             on_progress(done, len(plan), f"{label or 'eval'}: {example.id} {prompt.view} ({k} distractors)")
     if skipped:
@@ -586,17 +630,32 @@ class WhatIf:
 
 _UNMASKED: "OrderedDict[tuple[Any, ...], tuple[str, float, list[int]]]" = OrderedDict()
 _UNMASKED_SIZE = 256
+# The unmasked prefills' residual streams and keys/values (fast path only), the newest that fit in
+# fastpath.RECORD_BUDGET: a masked prefill of the same prompt starts at the mask's lowest layer.
+_PREFILLS: "OrderedDict[tuple[Any, ...], fastpath.PrefillRecord]" = OrderedDict()
+
+
+def _remember_prefill(key: tuple[Any, ...], record: "fastpath.PrefillRecord | None") -> None:
+    if record is None:
+        return
+    _PREFILLS[key] = record
+    while sum(r.nbytes for r in _PREFILLS.values()) > fastpath.RECORD_BUDGET:
+        _PREFILLS.popitem(last=False)
 
 
 @torch.no_grad()
 def _unmasked_answer(model: Any, prompt: Prompt, max_new_tokens: int) -> tuple[str, float, list[int]]:
     """_answer_logprob_ids without a mask, remembered per (weights, prompt): a what-if that only
-    changes the mask recomputes the masked side alone, with the unmasked tokens as its draft."""
+    changes the mask recomputes the masked side alone, with the unmasked tokens as its draft and,
+    on the fast path, the unmasked prefill below the mask's lowest layer."""
     key = (model_identity(model).fingerprint, prompt.token_ids, prompt.answer_ids, max_new_tokens)
     if key in _UNMASKED:
         _UNMASKED.move_to_end(key)
         return _UNMASKED[key]
-    result = _answer_logprob_ids(model, prompt, max_new_tokens)
+    with decoding(model) as new_steps:
+        steps = new_steps(record=True)
+        result = _answer_logprob_ids(model, prompt, max_new_tokens, steps=steps)
+    _remember_prefill(key, getattr(steps, "record", None))
     _UNMASKED[key] = result
     if len(_UNMASKED) > _UNMASKED_SIZE:
         _UNMASKED.popitem(last=False)
@@ -633,8 +692,12 @@ def what_if(
     """
     plan = _what_if_plan(model, example, config, views)
     before = [_unmasked_answer(model, p, config.max_new_tokens) for p in plan]
-    with torch.no_grad(), mask.applied(model, strict=strict):
-        after = [_answer_logprob_ids(model, p, config.max_new_tokens, draft=b[2]) for p, b in zip(plan, before)]
+    fingerprint = model_identity(model).fingerprint
+    with torch.no_grad(), decoding(model, mask, strict=strict) as new_steps:
+        after = []
+        for p, b in zip(plan, before):
+            replay = _PREFILLS.get((fingerprint, p.token_ids, p.answer_ids, config.max_new_tokens))
+            after.append(_answer_logprob_ids(model, p, config.max_new_tokens, draft=b[2], steps=new_steps(replay=replay)))
     return [
         WhatIf(view=p.view, answer_before=b[0], answer_after=a[0], logprob_before=b[1], logprob_after=a[1],
                correct_before=contains_answer(b[0], example.answers),

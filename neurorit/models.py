@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,8 +178,36 @@ def hf_state_dict(model: Any) -> dict[str, torch.Tensor]:
     return {k.replace(_BRIDGE_WRAPPER, ""): v for k, v in model.original_model.state_dict().items()}
 
 
+_IDENTITIES: "weakref.WeakKeyDictionary[Any, tuple[tuple[tuple[int, int, int], ...], ModelIdentity]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def weights_state(model: Any) -> tuple[tuple[int, int, int], ...]:
+    """Which tensors the model holds and how often each was written in place (autograd's version
+    counter: an optimizer step, load_state_dict or a no_grad copy_ all bump it)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+
+
 def model_identity(model: Any) -> ModelIdentity:
-    """Name, shape and a weight fingerprint (a hash of a strided sample of every parameter)."""
+    """Name, shape and a weight fingerprint (a hash of a strided sample of every parameter).
+
+    Remembered per model until a weight is replaced or written in place (~50 ms to compute on the
+    bundled model, ~2 ms to check)."""
+    try:
+        state = weights_state(model)
+        known = _IDENTITIES.get(model)
+    except (AttributeError, TypeError):  # not an nn.Module, or not weakly referenceable
+        return _compute_identity(model)
+    if known is not None and known[0] == state:
+        return known[1]
+    identity = _compute_identity(model)
+    _IDENTITIES[model] = (state, identity)
+    return identity
+
+
+def _compute_identity(model: Any) -> ModelIdentity:
     digest = hashlib.sha256()
     for name, param in sorted(hf_state_dict(model).items()):
         flat = param.detach().reshape(-1)
@@ -195,18 +224,18 @@ def model_identity(model: Any) -> ModelIdentity:
     )
 
 
-def prefill(model: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """(logits at the last position [batch, 1, d_vocab], KV cache) of a forward over `tokens`.
+def prefill(model: Any, tokens: torch.Tensor, *, keep: int = 1) -> tuple[torch.Tensor, Any]:
+    """(logits at the last `keep` positions [batch, keep, d_vocab], KV cache) of a forward over `tokens`.
 
-    The unembedding runs for the last position only (`logits_to_keep=1`): for the bundled model
-    and a 375-token prompt that is a fifth of the forward's arithmetic. Architectures without
-    that argument get the full forward, cut to the last position.
+    The unembedding runs for those positions only (`logits_to_keep`): for the bundled model and a
+    375-token prompt that is a fifth of the forward's arithmetic. Architectures without that
+    argument get the full forward, cut to the last positions.
     """
     try:
-        logits, cache = model(tokens, return_type="logits_and_cache", logits_to_keep=1)
+        logits, cache = model(tokens, return_type="logits_and_cache", logits_to_keep=keep)
     except TypeError:
         logits, cache = model(tokens, return_type="logits_and_cache")
-    return logits[:, -1:], cache
+    return logits[:, -keep:], cache
 
 
 @contextmanager

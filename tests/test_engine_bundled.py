@@ -95,9 +95,10 @@ def test_speculative_decoding_gives_the_step_by_step_answers(smol):
     mask = NeuronMask.silencing(NeuronSet(grid, "test"), smol)
 
     def step_by_step(prompt):  # type: ignore[no-untyped-def]
-        with torch.no_grad():
-            logits, cache = smol(torch.tensor([list(prompt.token_ids)]), return_type="logits_and_cache")
-            ids = evaluation._greedy_ids(smol, logits, cache, config.max_new_tokens, 10**6)
+        with torch.no_grad():  # through the bridge (and the mask's hooks when applied)
+            steps = evaluation._BridgeSteps(smol)
+            row = steps.prefill(prompt.token_ids, keep=1)[-1]
+            ids = evaluation._greedy_ids(smol, steps, row, config.max_new_tokens, 10**6)
         return smol.tokenizer.decode(ids, skip_special_tokens=True).lstrip().split("\n")[0].strip()
 
     changed = 0

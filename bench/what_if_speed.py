@@ -10,7 +10,9 @@ For each of --examples demo examples and each mask (a mined irrelevant-exclusive
     through the bridge with the mask's hooks (the path before the fast path). It checks that all
     give the same tokens and log-probs (1e-4);
   - `what_if` end to end for the noisy view and for the Ablate page's three views (relevant,
-    noisy, irrelevant), the unmasked side remembered, on the fast path and through the bridge.
+    noisy, irrelevant), the unmasked side remembered, on the fast path and through the bridge;
+  - the Ablate page's batch (`ablate`: base, the first mask, its random control) on --batch
+    examples, against three `evaluate` runs on the fast path and through the bridge.
 Medians over examples; nothing else should run on the machine (see README, timings).
 Run: python bench/what_if_speed.py [--examples 8] [--mined cache/mined/KEY] [--threads N]
 """
@@ -64,6 +66,7 @@ def main() -> int:
     parser.add_argument("--mined", default=None, help="a mined folder: its irrelevant-exclusive set is one mask")
     parser.add_argument("--layer", type=int, default=15, help="the whole-layer mask's layer")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=4, help="examples in the ablation (batch) timing")
     parser.add_argument("--dtype", default="float32", help="float32 (default, as evaluated) or bfloat16")
     args = parser.parse_args()
     if args.threads:
@@ -140,8 +143,29 @@ def main() -> int:
         med = {k: statistics.median(v) for k, v in cols.items()}
         n = len(cols["plain"])
         print(f"| {name} | {min(mask.layers)} | {med['plain']:.2f} s | {med['lookup']:.2f} s | {med['draft']:.2f} s | "
-              f"{med['replay']:.2f} s | {med['bridge']:.2f} s | {same}/{n} | {changed}/{n} | {med['one']:.2f} s | "
+              f"{med['replay']:.2f} s | {med['bridge']:.2f} s | {same}/{n} | {changed}/{n} | {med['one']:.2f} s (max {max(cols['one']):.2f}) | "
               f"{med['three']:.2f} s | {med['three_bridge']:.2f} s |")
+    batch = examples[: args.batch]
+    mask = next(iter(masks.values()))
+    control = evaluation.random_control(mask, seed=0)
+
+    def three_runs() -> list:  # type: ignore[type-arg]
+        return [evaluation.evaluate(model, batch, config, mask=m) for m in (None, mask, control)]
+
+    evaluation._UNMASKED.clear()
+    evaluation._PREFILLS.clear()
+    t_ablate, report = timed(lambda: evaluation.ablate(model, batch, config, mask, control_seed=0))
+    t_three, runs = timed(three_runs)
+    with _fastpath_off():
+        t_bridge, bridge_runs = timed(three_runs)
+    agree = sum(a.answer == b.answer == c.answer and abs(a.logprob - c.logprob) < 1e-4
+                for r, other, old in zip((report.base, report.masked, report.control), runs, bridge_runs)
+                for a, b, c in zip(r.results, other.results, old.results))
+    n_prompts = len(report.base.results)
+    print(f"\nablate ({len(batch)} examples x 3 views: base, {next(iter(masks))}, its random control; {3 * n_prompts} "
+          f"answers): {t_ablate:.1f} s prompt by prompt (drafted, replayed); {t_three:.1f} s as three evaluate runs on "
+          f"the fast path; {t_bridge:.1f} s as three evaluate runs through the bridge (ratio {t_bridge / t_ablate:.2f}); "
+          f"same answers & log-probs in all three: {agree}/{3 * n_prompts}")
     return 0
 
 

@@ -510,8 +510,15 @@ def evaluate(
             answer, logprob, _ = _answer_logprob_ids(model, prompt, config.max_new_tokens, steps=new_steps())
             results.append(_result(example, k, prompt, answer, logprob))
             on_progress(done, len(plan), f"{label or 'eval'}: {example.id} {prompt.view} ({k} distractors)")
+    return _report(model, config, results, skipped, label, mask)
+
+
+def _report(
+    model: Any, config: EvalConfig, results: list[ExampleResult], skipped: list[SkippedPrompt], label: str,
+    mask: NeuronMask | None,
+) -> EvalReport:
     if skipped:
-        log.warning("%s: %d of %d prompts skipped", label or "evaluation", len(skipped), len(skipped) + len(plan))
+        log.warning("%s: %d of %d prompts skipped", label or "evaluation", len(skipped), len(skipped) + len(results))
     return EvalReport(
         results=tuple(results), label=label, config=config.to_dict(), model=asdict(model_identity(model)),
         mask=_mask_summary(mask), skipped=tuple(skipped),
@@ -537,13 +544,6 @@ def random_control(mask: NeuronMask, *, seed: int = 0) -> NeuronMask:
         scale[layer][chosen.grid[layer]] = values
     provenance = {"kind": "random_control", "seed": seed, "control_of": mask.key()}
     return NeuronMask(scale, mask.model, provenance)
-
-
-def _offset_progress(on_progress: ProgressFn, part: int, parts: int, name: str) -> ProgressFn:
-    def report(done: int, total: int, message: str) -> None:
-        on_progress(part * total + done, parts * total, f"{name}: {message}")
-
-    return report
 
 
 @dataclass(frozen=True)
@@ -601,17 +601,36 @@ def ablate(
     strict: bool = True,
     on_progress: ProgressFn = no_progress,
 ) -> AblationReport:
-    """Evaluate without the mask, with it, and (unless control_seed is None) with random_control."""
+    """Evaluate without the mask, with it, and (unless control_seed is None) with random_control.
+
+    Prompt by prompt: the unmasked answer (remembered, see _unmasked_answer) drafts the masked and
+    control answers, and on the fast path their prefills start at their masks' lowest layers from
+    the unmasked one. The reports equal three separate `evaluate` runs.
+    """
     examples = list(examples)
-    mask.check(model, strict=strict)  # fail before the (long) base run
-    parts = 2 if control_seed is None else 3
-    base = evaluate(model, examples, config, label="base", on_progress=_offset_progress(on_progress, 0, parts, "base"))
-    masked = evaluate(model, examples, config, mask=mask, label="masked", strict=strict,
-                      on_progress=_offset_progress(on_progress, 1, parts, "masked"))
-    control = None
-    if control_seed is not None:
-        control = evaluate(model, examples, config, mask=random_control(mask, seed=control_seed), label="control",
-                           strict=strict, on_progress=_offset_progress(on_progress, 2, parts, "control"))
+    mask.check(model, strict=strict)  # fail before the (long) run
+    control_mask = random_control(mask, seed=control_seed) if control_seed is not None else None
+    runs = {"base": None, "masked": mask, **({"control": control_mask} if control_mask is not None else {})}
+    plan, skipped = _prompt_plan(model, examples, config)
+    results: dict[str, list[ExampleResult]] = {name: [] for name in runs}
+    n, total, done = config.max_new_tokens, len(plan) * len(runs), 0
+    fingerprint = model_identity(model).fingerprint
+    for example, k, prompt in plan:
+        before = _unmasked_answer(model, prompt, n)
+        replay = _PREFILLS.get((fingerprint, prompt.token_ids, prompt.answer_ids, n))
+        for name, run_mask in runs.items():
+            if run_mask is None:
+                answer, logprob = before[:2]
+            else:
+                with torch.no_grad(), decoding(model, run_mask, strict=strict) as new_steps:
+                    answer, logprob, _ = _answer_logprob_ids(model, prompt, n, draft=before[2],
+                                                             steps=new_steps(replay=replay))
+            results[name].append(_result(example, k, prompt, answer, logprob))
+            done += 1
+            on_progress(done, total, f"{name}: {example.id} {prompt.view} ({k} distractors)")
+    base, masked, *rest = (_report(model, config, results[name], skipped, name, run_mask)
+                           for name, run_mask in runs.items())
+    control = rest[0] if rest else None
     return AblationReport(base, masked, control)
 
 

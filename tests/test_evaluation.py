@@ -299,9 +299,11 @@ def test_ablate_with_base_masked_and_control(tiny_llama, demo, tmp_path):
         (table["logprob_masked"] - table["logprob_base"]).tolist(),
     )
     assert (table["delta_logprob_masked"].abs() > 0).all()  # 24 of 96 neurons off changes the model
-    # the masked run is what evaluate with the mask gives
-    direct = evaluate(tiny_llama, demo[:2], config, mask=mask, label="masked")
-    assert direct.results == report.masked.results
+    # prompt by prompt, drafted and replayed, the runs are what evaluate gives for each mask
+    assert evaluate(tiny_llama, demo[:2], config, label="base").results == report.base.results
+    assert evaluate(tiny_llama, demo[:2], config, mask=mask, label="masked").results == report.masked.results
+    control_mask = random_control(mask, seed=1)
+    assert evaluate(tiny_llama, demo[:2], config, mask=control_mask).results == report.control.results
     back = AblationReport.load(report.save(tmp_path / "ablation.json"))
     assert back == report
 

@@ -1,16 +1,18 @@
 """The fast path: a hook-free forward over a loaded Llama model's own weights, for greedy decoding.
 
 Owns: `why_not` (when this path cannot reproduce the hooked model, and why), `FastLlama` (the
-forward of Hugging Face's LlamaForCausalLM written out, reading the bridge's weights in place), `KVBuffer` (a preallocated key/value cache that crops for free), `FastSteps` (prefill,
-extend and crop for one prompt, with neuron scales multiplied in where a mask's hook would: the MLP
-hidden activation, before the down projection) and `PrefillRecord` (an unmasked prefill's residual
-stream entering each layer and its keys/values, so that a masked prefill of the same tokens starts
-at the mask's lowest layer instead of layer 0).
+forward of Hugging Face's LlamaForCausalLM written out, reading the bridge's weights in place),
+`KVBuffer` (a preallocated key/value cache that crops for free), `FastSteps` (prefill, extend and
+crop for one prompt, with neuron scales multiplied in where a mask's hook would: the MLP hidden
+activation, before the down projection) and `PrefillRecord` (an unmasked prefill's residual stream
+entering each layer and its keys/values, so that a masked prefill of the same tokens starts at the
+mask's lowest layer instead of layer 0).
 
 Why it exists: one greedy step through the bridge costs ~60 ms on the bundled model on 2 cores, of
-which reading the weights is ~23 ms; the rest is per-module overhead (hook points, the HF cache and
-mask plumbing). The same arithmetic written out costs ~33 ms a step. It is an optimisation only:
-evaluation takes it when `why_not(model)` is None, and tests hold its logits to the hooked model's.
+which the matrix products (reading 540 MB of weights) are ~25 ms; the rest is per-module overhead
+(hook points, the HF cache and mask plumbing). The same arithmetic written out costs ~35-38 ms a
+step. It is an optimisation only: evaluation takes it when `why_not(model)` is None, and tests
+hold its logits to the hooked model's.
 Must not: register hooks, change weights, or run a model with hooks or adapters attached (`why_not`
 refuses those, so a mask applied with `NeuronMask.applied` is never silently skipped).
 """
@@ -74,8 +76,8 @@ def _is_plumbing(module: Any, hook: Any) -> bool:
 def why_not(model: Any) -> str | None:
     """Why the fast path cannot stand in for this model (None: it can).
 
-    It can for a TransformerBridge over LlamaForCausalLM (SiLU MLP, a fixed rotary table) in eval
-    mode, with nothing attached: no forward hooks on any module (a mask applied with hooks, a user's
+    It can for a TransformerBridge over LlamaForCausalLM (SiLU MLP, a fixed rotary table over the
+    whole head, no attention dropout while training), with nothing attached: no forward hooks on any module (a mask applied with hooks, a user's
     hooks, accelerate's offloading) and no extra weights (LoRA adapters). NEURORIT_FASTPATH=0 turns
     it off.
     """
@@ -91,6 +93,12 @@ def why_not(model: Any) -> str | None:
         return "a Llama variant with another MLP activation or tensor-parallel pretraining layout"
     if _rope_type(config) not in ROPE_TYPES:
         return f"rotary type {_rope_type(config)!r} changes with the sequence length"
+    rotary = getattr(hf.model, "rotary_emb", None)
+    rotary = getattr(rotary, "_original_component", rotary)
+    inv_freq = getattr(rotary, "inv_freq", None)
+    d_head = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    if inv_freq is None or inv_freq.numel() * 2 != d_head:
+        return "a rotary table that does not cover the whole head"
     if model.training and float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0:
         return "training mode with attention dropout"
     for module in model.modules():

@@ -194,7 +194,8 @@ def model_identity(model: Any) -> ModelIdentity:
     """Name, shape and a weight fingerprint (a hash of a strided sample of every parameter).
 
     Remembered per model until a weight is replaced or written in place (~50 ms to compute on the
-    bundled model, ~2 ms to check)."""
+    bundled model, ~2 ms to check). A write through `param.data` bypasses autograd's version
+    counter: after one, call `forget_identity(model)`."""
     try:
         state = weights_state(model)
         known = _IDENTITIES.get(model)
@@ -205,6 +206,11 @@ def model_identity(model: Any) -> ModelIdentity:
     identity = _compute_identity(model)
     _IDENTITIES[model] = (state, identity)
     return identity
+
+
+def forget_identity(model: Any) -> None:
+    """Drop the remembered identity (after writing weights through `.data`, which no counter sees)."""
+    _IDENTITIES.pop(model, None)
 
 
 def _compute_identity(model: Any) -> ModelIdentity:

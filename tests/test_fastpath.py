@@ -12,7 +12,7 @@ import torch
 from neurorit import evaluation, fastpath
 from neurorit.data import demo_examples
 from neurorit.masks import NeuronMask
-from neurorit.models import load_model, model_identity
+from neurorit.models import forget_identity, load_model, model_identity
 from neurorit.neurons import NeuronSet
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
@@ -181,7 +181,12 @@ def test_weights_written_in_place_show_through_and_change_the_identity(tiny_llam
         model.original_model.model.layers[1].mlp.down_proj.weight.mul_(3.0)  # what an optimizer step does
         got = fastpath.of(model).forward(ids, fast.new_cache(8), keep=len(ids))
     torch.testing.assert_close(got, _bridge_logits(model, ids), **TOL)
-    assert model_identity(model).fingerprint != before.fingerprint
+    changed = model_identity(model)
+    assert changed.fingerprint != before.fingerprint
+    model.original_model.model.layers[0].mlp.up_proj.weight.data.mul_(2.0)  # no counter sees this
+    assert model_identity(model) is changed
+    forget_identity(model)
+    assert model_identity(model).fingerprint != changed.fingerprint
 
 
 @pytest.mark.slow

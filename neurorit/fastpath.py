@@ -86,6 +86,8 @@ def why_not(model: Any) -> str | None:
     hf = getattr(model, "original_model", None)
     if hf is None or not isinstance(model, torch.nn.Module):
         return "not a TransformerBridge"
+    if getattr(model, "compatibility_mode", False):
+        return "TransformerLens compatibility mode (processed weights, its own forward)"
     if type(hf).__name__ not in ARCHITECTURES:
         return f"architecture {type(hf).__name__} (the fast path covers {', '.join(ARCHITECTURES)})"
     config = hf.config

@@ -161,6 +161,12 @@ def test_the_fast_path_steps_aside_when_it_cannot_reproduce_the_model(tiny_llama
     assert "NEURORIT_FASTPATH" in fastpath.why_not(tiny_llama)
 
 
+def test_compatibility_mode_turns_the_fast_path_off(tiny_llama_dir: Path):  # type: ignore[no-untyped-def]
+    model = load_model(str(tiny_llama_dir), device="cpu", dtype="float32")
+    model.enable_compatibility_mode(disable_warnings=True)  # folds norms into weights
+    assert "compatibility mode" in fastpath.why_not(model)
+
+
 def test_adapters_turn_the_fast_path_off(tiny_llama_dir: Path):  # type: ignore[no-untyped-def]
     from neurorit.training.config import TrainConfig
     from neurorit.training.methods import inject_lora

@@ -14,8 +14,8 @@ from neurorit.data import demo_examples
 from neurorit.masks import NeuronMask
 from neurorit.models import forget_identity, load_model, model_identity
 from neurorit.neurons import NeuronSet
+from scale import assert_close_in_scale
 
-TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_fast_forward_equals_the_bridge_with_and_without_scales(llama, demo):  #
         scale = None if mask is None else mask.scale
         with torch.no_grad():
             got = fast.forward(ids, fast.new_cache(8), scale=scale, keep=len(ids))
-        torch.testing.assert_close(got, _bridge_logits(llama, ids, mask), **TOL)
+        assert_close_in_scale(got, _bridge_logits(llama, ids, mask), rel=1e-4)
 
 
 def test_cache_steps_and_crops_equal_one_forward(llama, demo):  # type: ignore[no-untyped-def]
@@ -93,7 +93,7 @@ def test_cache_steps_and_crops_equal_one_forward(llama, demo):  # type: ignore[n
         pieces.append(fast.forward(ids[31:45], cache, scale=scale, keep=14))
         pieces.append(fast.forward(ids[45:], cache, scale=scale, keep=len(ids) - 45))
     assert cache.n == len(ids)
-    torch.testing.assert_close(torch.cat(pieces), _bridge_logits(llama, ids, _mask(llama, [(0, 2), (1, 5)])), **TOL)
+    assert_close_in_scale(torch.cat(pieces), _bridge_logits(llama, ids, _mask(llama, [(0, 2), (1, 5)])), rel=1e-4)
 
 
 def test_replay_starts_the_masked_prefill_at_the_lowest_masked_layer(llama, demo):  # type: ignore[no-untyped-def]
@@ -116,11 +116,11 @@ def test_replay_starts_the_masked_prefill_at_the_lowest_masked_layer(llama, demo
         finally:
             del fast._attend
         want = plain.prefill(ids, keep=4)
-        torch.testing.assert_close(got, want, **TOL)
+        assert_close_in_scale(got, want, rel=1e-4)
         assert len(calls) == 1  # only the top layer ran
         n = len(ids)
-        torch.testing.assert_close(replayed.cache.keys[:, :, :n], plain.cache.keys[:, :, :n], **TOL)
-        torch.testing.assert_close(replayed.extend([5, 6]), plain.extend([5, 6]), **TOL)  # decoding goes on alike
+        assert_close_in_scale(replayed.cache.keys[:, :, :n], plain.cache.keys[:, :, :n], rel=1e-4)
+        assert_close_in_scale(replayed.extend([5, 6]), plain.extend([5, 6]), rel=1e-4)  # decoding goes on alike
         with pytest.raises(AssertionError):  # a record of other tokens is refused
             fast.forward(ids[:-1], fast.new_cache(4), scale=scale, replay=record, first_layer=1)
 
@@ -186,7 +186,7 @@ def test_weights_written_in_place_show_through_and_change_the_identity(tiny_llam
     with torch.no_grad():
         model.original_model.model.layers[1].mlp.down_proj.weight.mul_(3.0)  # what an optimizer step does
         got = fastpath.of(model).forward(ids, fast.new_cache(8), keep=len(ids))
-    torch.testing.assert_close(got, _bridge_logits(model, ids), **TOL)
+    assert_close_in_scale(got, _bridge_logits(model, ids), rel=1e-4)
     changed = model_identity(model)
     assert changed.fingerprint != before.fingerprint
     model.original_model.model.layers[0].mlp.up_proj.weight.data.mul_(2.0)  # no counter sees this
@@ -210,7 +210,7 @@ def test_bundled_model_fast_path_equals_the_bridge(smol):  # type: ignore[no-unt
         ids = prompts[1].token_ids
         with torch.no_grad():
             got = fast.forward(ids, fast.new_cache(8), scale=mask.scale, keep=len(ids))
-        torch.testing.assert_close(got, _bridge_logits(smol, ids, mask), rtol=1e-4, atol=2e-4)
+        assert_close_in_scale(got, _bridge_logits(smol, ids, mask), rel=1e-4)
         evaluation._UNMASKED.clear()
         on_fast = evaluation.what_if(smol, example, mask, config)
         evaluation._UNMASKED.clear()
@@ -238,4 +238,4 @@ def test_bfloat16_weights_give_the_bridge_logits(tiny_llama_dir: Path, demo):  #
                          fast.forward(ids[40:], cache, scale=scale, keep=len(ids) - 40)])
     want = _bridge_logits(model, ids, _mask(model, [(0, 3), (1, 9)], value=0.5))
     assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=1e-3 * float(want.abs().max()))
+    assert_close_in_scale(got.float(), want.float(), rel=1e-3)

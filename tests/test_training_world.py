@@ -20,6 +20,7 @@ from neurorit.training import load_report, read_metrics, run_training
 from neurorit.training import loop
 from neurorit.training.world import World, current_world, my_share, refuse_sharding, sum_gradients
 from test_training import fake_mined, fresh, small
+from scale import scale_error
 
 
 @pytest.fixture(autouse=True)
@@ -92,12 +93,12 @@ def test_two_processes_train_as_one_does(tiny_llama_dir, tmp_path):
     ref = [m for m in read_metrics(tmp_path / "one") if m["event"] == "step"]
     assert [m["tokens"] for m in steps] == [m["tokens"] for m in ref]  # the whole step's targets, not a rank's
     for a, b in zip(steps, ref):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     got = load_file(two / "final" / "model.safetensors")
     want = load_file(tmp_path / "one" / "final" / "model.safetensors")
     assert got.keys() == want.keys()
-    worst = max(float((got[k] - want[k]).abs().max()) for k in got)
-    assert worst <= 1e-6, f"two-process weights differ from one process by {worst}"
+    worst = max(scale_error(got[k], want[k]) for k in got)
+    assert worst <= 1e-5, f"two-process weights differ from one process by {worst:.3g} of their scale"
     changed = [k for k in got if not torch.equal(got[k], load_file(tiny_llama_dir / "model.safetensors").get(k, got[k]))]
     assert changed, "training changed nothing"
     assert [r.answer for r in report.eval_after.results] == [r.answer for r in one.eval_after.results]

@@ -201,8 +201,11 @@ class NeuronMask:
         }
 
     def save(self, folder: Path) -> Path:
-        """Write `folder/mask.safetensors` then `folder/mask.json` (each atomically); return folder."""
+        """Write `folder/mask.safetensors` then `folder/mask.json` (each atomically); return folder.
+
+        Refuses (ArtifactError) a `folder` that is an existing file or would lie under one."""
         folder = Path(folder)
+        store.check_folder_path(folder)
         # No safetensors metadata: it made the header 128 bytes long for a [30, 1536] scale, and
         # store.read_tensors mistakes a header length whose first byte is 0x80 for a pickle.
         store.write_tensors(folder / MASK_TENSORS, {"scale": self.scale})
@@ -307,6 +310,34 @@ def _plain_state_dict(mask: NeuronMask, model: Any, wanted: set[str]) -> dict[st
     return out
 
 
+def is_export(folder: Path) -> bool:
+    """Whether `folder` holds what `bake` writes: a neurorit_mask.json holding a mask record."""
+    try:
+        record = store.read_json(Path(folder) / BAKED_MASK_JSON)
+    except (ArtifactError, OSError):
+        return False
+    return isinstance(record, dict) and record.get("kind") == "neuron_mask"
+
+
+def check_export_target(out_dir: Path, *, overwrite: bool = False) -> None:
+    """Refuse (ArtifactError naming the path) an export folder `bake` must not write: a file, a
+    non-empty folder without `overwrite`, or with it a non-empty folder that is not an export."""
+    out_dir = Path(out_dir)
+    store.check_folder_path(out_dir)
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return  # absent or empty: free to use
+    if not overwrite:
+        raise ArtifactError(
+            f"{out_dir} exists and is not empty; pick another folder, or pass overwrite=True "
+            "(CLI: --overwrite) to replace an earlier export there."
+        )
+    if not is_export(out_dir):
+        raise ArtifactError(
+            f"{out_dir} is not a neurorit export (no {BAKED_MASK_JSON}); refusing to delete it. "
+            "Pick another folder, or empty this one yourself."
+        )
+
+
 def _dtype_of(module: Any) -> torch.dtype:
     return next(iter(module.parameters())).dtype
 
@@ -315,16 +346,15 @@ def bake(mask: NeuronMask, model: Any, out_dir: Path, *, strict: bool = True, ov
     """Write a plain Hugging Face checkpoint (weights, config, tokenizer) with the mask multiplied in.
 
     Uses the model's current weights, so a fine-tuned model bakes too (`strict=False` accepts
-    weights other than the mined ones). Writes `out_dir/neurorit_mask.json` with the provenance.
-    Refuses a non-empty `out_dir` unless `overwrite=True`; the folder appears in one rename.
+    weights other than the mined ones). Writes `out_dir/neurorit_mask.json` with the provenance:
+    the marker of an export. Refuses an `out_dir` that is a file, and a non-empty one unless
+    `overwrite=True` and it is an earlier export (never deletes anything else). The new export is
+    written beside `out_dir` and swapped in (see store.atomic_dir): a crash leaves the old one.
     """
     from transformers import AutoModelForCausalLM
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise ArtifactError(
-            f"{out_dir} exists and is not empty; pick another folder or pass overwrite=True."
-        )
+    check_export_target(out_dir, overwrite=overwrite)
     mask.check(model, strict=strict)
     hf_model = model.original_model
     with torch.device("meta"):  # no random init of weights that are replaced right away

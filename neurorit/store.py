@@ -38,16 +38,52 @@ def artifact_dir(kind: str, key: str) -> Path:
     return cache_root() / kind / key
 
 
+def check_folder_path(folder: Path) -> None:
+    """Refuse, naming it, a folder to be written that exists as a file or would lie under a file."""
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir():
+            return
+        if path == folder:
+            raise ArtifactError(
+                f"{folder} exists and is a file, not a folder; pick another path or move the file away."
+            )
+        raise ArtifactError(
+            f"cannot make the folder {folder}: {path} is a file, not a folder; pick another path."
+        )
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename."""
+    """Yield a temporary folder beside `final`; on success it takes the place of `final`.
+
+    An existing `final` is renamed aside first and deleted only once the new folder is in place,
+    so a crash leaves the old folder or the new one (at worst the old one as `.<name>.*.old`
+    beside it), never neither. Refuses a `final` that is a file (ArtifactError)."""
+    final = Path(final)
+    check_folder_path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        aside: Path | None = tmp.with_name(tmp.name + ".old")  # unique: tmp's name is
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:  # no old folder (or another writer moved it meanwhile)
+            aside = None
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if aside is not None:
+                os.rename(aside, final)  # put the old folder back
+            raise
+        if aside is not None:
+            if aside.is_symlink():
+                aside.unlink()  # `final` was a link to a folder: drop the link, keep its target
+            else:
+                shutil.rmtree(aside, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

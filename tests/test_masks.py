@@ -9,6 +9,7 @@ from neurorit.errors import ArtifactError, ConfigError, ModelMismatchError
 from neurorit.masks import MASK_JSON, MASK_TENSORS, NeuronMask, bake, random_like
 from neurorit.models import ModelIdentity, model_identity, neuron_site
 from neurorit.neurons import NeuronSet
+from scale import assert_close_in_scale
 
 TEXT = "The capital of France is Paris. Berlin is the capital of Germany, and Rome"
 
@@ -97,7 +98,7 @@ def test_hook_masking_equals_baked_checkpoint(which, tiny_llama, tiny_gpt2, tmp_
             hooked = model(ids)
         plain = model(ids)
         from_disk = baked(ids).logits
-    torch.testing.assert_close(from_disk, hooked, rtol=1e-4, atol=1e-4)
+    assert_close_in_scale(from_disk, hooked, rel=1e-4)
     assert (from_disk - plain).abs().max() > 1e-2  # the mask really changed the output
     record = json.loads((out / "neurorit_mask.json").read_text())
     assert record["key"] == mask.key() and record["provenance"] == {"kind": "test"}
@@ -115,9 +116,16 @@ def test_bake_does_not_touch_the_model_and_refuses_a_full_folder(tiny_llama, tmp
     (target / "something.txt").write_text("keep me")
     with pytest.raises(ArtifactError, match="not empty"):
         bake(mask, tiny_llama, target)
+    with pytest.raises(ArtifactError, match="not a neurorit export"):  # overwrite replaces exports only
+        bake(mask, tiny_llama, target, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["something.txt"]
     assert (target / "something.txt").read_text() == "keep me"
-    bake(mask, tiny_llama, target, overwrite=True)
-    assert not (target / "something.txt").exists() and (target / "config.json").is_file()
+    (target / "something.txt").unlink()
+    bake(mask, tiny_llama, target)  # an empty folder may be used
+    (target / "stale.txt").write_text("from the earlier export")
+    bake(mask, tiny_llama, target, overwrite=True)  # an earlier export is replaced whole
+    assert not (target / "stale.txt").exists() and (target / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary sibling left behind
     assert torch.equal(hf_state_dict(tiny_llama)[site.down_proj_name(0)], before)
 
 
@@ -143,7 +151,7 @@ def test_a_tuned_model_bakes_its_current_weights_with_strict_false(tiny_llama, t
             weight.copy_(saved)
     baked = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager", dtype=torch.float32)
     with torch.no_grad():
-        torch.testing.assert_close(baked(ids).logits, hooked, rtol=1e-4, atol=1e-4)
+        assert_close_in_scale(baked(ids).logits, hooked, rel=1e-4)
 
 
 def test_bake_refuses_a_bridge_only_weight_it_cannot_write(tiny_llama, tmp_path):
@@ -352,7 +360,7 @@ def test_hook_masking_equals_baking_on_the_bundled_model(smol, tmp_path):
     # greedy decoding agrees token for token: each baked token is the hooked model's argmax
     assert hooked[0, n_prompt - 1 : -1].argmax(-1).tolist() == generated.tolist()
     baked_logits = torch.stack(out.logits, dim=1)  # [1, n_new, d_vocab]
-    torch.testing.assert_close(baked_logits, hooked[:, n_prompt - 1 : -1], rtol=1e-4, atol=1e-4)
+    assert_close_in_scale(baked_logits, hooked[:, n_prompt - 1 : -1], rel=1e-4)
     # and the mask matters on this model
     with torch.no_grad():
         assert not torch.equal(smol(ids)[:, -1], hooked[:, n_prompt - 1])

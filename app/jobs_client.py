@@ -3,7 +3,8 @@
 Owns: writing a mining job's inputs (the chosen examples as neurorit JSON lines and a YAML config
 with the prompt, mining and selection sections) under `cache/job-inputs/<hash>/`, the argv of
 `python -m neurorit mine` for them (`mine_argv`, pure), and thin calls into `neurorit.jobs`
-(`submit`, `get`, `list_jobs`; cancelling is app.progress.cancel_button). The job runs in its own process and survives the page
+(`submit`, `get`, `list_jobs`; cancelling is app.progress.cancel_button), and `repair_table`
+(neurorit.job_recovery: a corrupt job table kept aside and rebuilt from disk). The job runs in its own process and survives the page
 and the server; the record in `cache/jobs.sqlite` is the only link. Must not: import streamlit,
 or run the mining itself.
 """
@@ -83,6 +84,14 @@ def list_jobs(limit: int = 20) -> list[Any]:
 
 def get(job_id: str) -> Any:
     return _jobs().get(job_id)
+
+
+def repair_table() -> Any:
+    """Keep a corrupt `cache/jobs.sqlite` aside and rebuild it from the job logs and run folders on disk
+    (what `neurorit jobs repair` runs); returns the TableRepair."""
+    from neurorit.job_recovery import repair_job_table
+
+    return repair_job_table()
 
 
 def is_final(job: Any) -> bool:

@@ -2,19 +2,23 @@
 
 Owns: drawing one progress bar with the message, the count and an ETA; splitting one bar over
 several stages (e.g. IG on the relevant view, then the irrelevant view); the button that cancels
-a background job. Must not: compute anything itself. The user stops long work with Streamlit's Stop button: the next progress call
+a background job; reading the job table with its error and, when the table is corrupt, the button
+that repairs it (app.jobs_client.repair_table). Must not: compute anything itself. The user stops long work with Streamlit's Stop button: the next progress call
 then ends the script run.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import streamlit as st
 
 from app.views import format_seconds
 from neurorit.types import ProgressFn
+
+T = TypeVar("T")
+_REPAIRED = "neurorit.jobs.repaired"  # the last repair's summary, shown once after the rerun
 
 
 class StreamlitProgress:
@@ -61,3 +65,30 @@ def cancel_button(job_id: str, *, label: str, key: str, container: Any | None = 
         except (NeuroritError, OSError) as exc:
             st.error(f"Cannot cancel job {job_id}: {exc}")
         st.rerun()
+
+
+def read_job_table(read: Callable[[], T], *, key: str) -> T | None:
+    """`read()` (a call into the job table), or None after showing why it failed; a corrupt table
+    gets a button that runs the same repair as `neurorit jobs repair`, then reruns the page."""
+    from neurorit.errors import NeuroritError
+    from neurorit.jobs import JobTableCorruptError
+
+    repaired = st.session_state.pop(_REPAIRED, None)
+    if repaired:
+        st.success(repaired)
+    try:
+        return read()
+    except (NeuroritError, OSError) as exc:
+        st.error(f"Cannot read the job table: {exc}")
+        if isinstance(exc, JobTableCorruptError) and st.button(
+                "Repair the job table", key=key, help="Keeps the corrupt file aside as jobs.sqlite.corrupt-<time> "
+                "and rebuilds the table from the job logs and run folders on disk (`neurorit jobs repair`)."):
+            from app import jobs_client
+
+            try:
+                st.session_state[_REPAIRED] = jobs_client.repair_table().summary()
+            except (NeuroritError, OSError) as failed:
+                st.error(f"Could not repair the job table: {failed}")
+                return None
+            st.rerun()
+        return None

@@ -4,7 +4,10 @@ Owns: the job table in `cache/jobs.sqlite` (queued / running / done / failed / c
 progress, log file, artifacts), starting a job as its own process (`python -m neurorit ...`),
 a queue with at most `NEURORIT_MAX_JOBS` (default 1) running at once, cancelling, noticing jobs
 whose process died, and the `JobReporter` a job process writes its progress through. The CLI and
-the workbench read the same table, so nothing is lost when either restarts.
+the workbench read the same table, so nothing is lost when either restarts. A table file that is
+not a readable SQLite database (checked with `PRAGMA quick_check` on every connection) is refused
+with JobTableCorruptError, which names `neurorit jobs repair` (neurorit.job_recovery); that command
+moves it aside and writes a new table through `replace_table`.
 Must not: know what a job computes.
 """
 
@@ -18,10 +21,10 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import closing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from neurorit.errors import NeuroritError
 from neurorit.store import cache_root
@@ -39,8 +42,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
+REPAIR_COMMAND = "neurorit jobs repair"
+
+
 class JobError(NeuroritError):
     """A job id is unknown, or a job cannot move to the asked state."""
+
+
+class JobTableCorruptError(JobError):
+    """`cache/jobs.sqlite` is not a readable SQLite database (overwritten, truncated, damaged pages)."""
 
 
 @dataclass(frozen=True)
@@ -83,19 +93,107 @@ def db_path() -> Path:
     return cache_root() / "jobs.sqlite"
 
 
+def _corrupt(path: Path, detail: str) -> JobTableCorruptError:
+    return JobTableCorruptError(
+        f"the job table {path} is corrupt ({detail}); expected a readable SQLite database. Run `{REPAIR_COMMAND}` "
+        f"to keep it aside as {path.name}.corrupt-<time> and rebuild the table from the run folders and job logs "
+        "on disk."
+    )
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT / SQLITE_NOTADB, or a stored text that is not UTF-8 (a damaged page)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    text = str(exc).lower()
+    return (type(exc) is sqlite3.DatabaseError or name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+            or "malformed" in text or "not a database" in text or "decode" in text)
+
+
+def _unusable(path: Path, exc: sqlite3.Error) -> JobError:
+    if _is_corruption(exc):
+        return _corrupt(path, str(exc))
+    return JobError(f"cannot use the job table {path}: {exc}.")
+
+
 def _connect() -> sqlite3.Connection:
+    """A connection to the job table, checked first (`PRAGMA quick_check`): a damaged file is refused
+    (JobTableCorruptError) before anything is written to it."""
     path = db_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(_SCHEMA)
+    try:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from exc
+    try:
+        problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            lines = [line for p in problems for line in p.splitlines() if line and not line.startswith("***")]
+            raise _corrupt(path, "; ".join(lines[:2]) or "quick_check failed")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(_SCHEMA)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _unusable(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
+@contextmanager
+def _database() -> Iterator[sqlite3.Connection]:
+    """`_connect()` for one block, closed after it; an SQLite error inside becomes a JobError."""
+    conn = _connect()
+    try:
+        yield conn
+    except sqlite3.Error as exc:
+        raise _unusable(db_path(), exc) from exc
+    finally:
+        conn.close()
+
+
 def _row_to_job(row: sqlite3.Row | tuple) -> Job:
-    (id_, kind, state, argv, created, started, finished, pid, done, total, message, log_path, artifacts, error) = row
-    return Job(id_, kind, state, tuple(json.loads(argv)), created, started, finished, pid, done, total,
-               message, log_path, json.loads(artifacts), error)
+    try:
+        (id_, kind, state, argv, created, started, finished, pid, done, total, message, log_path, artifacts,
+         error) = row
+        return Job(id_, kind, state, tuple(json.loads(argv)), created, started, finished, pid, done, total,
+                   message, log_path, json.loads(artifacts), error)
+    except (TypeError, ValueError) as exc:  # a damaged row: not the JSON we wrote
+        raise _corrupt(db_path(), f"a job record does not decode: {exc}") from exc
+
+
+def check_table() -> None:
+    """Raise JobTableCorruptError when the job table cannot be read (creates an empty one when absent)."""
+    with _database() as conn:
+        for row in conn.execute("SELECT * FROM jobs").fetchall():
+            _row_to_job(row)
+
+
+def replace_table(records: Sequence[Job]) -> tuple[Path, ...]:
+    """Move the job table aside (with its -wal / -shm files) as `jobs.sqlite.corrupt-<time>`, start a
+    new one and write `records` into it; returns where the old files went."""
+    path = db_path()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while any(Path(f"{aside}{s}").exists() for s in ("", "-wal", "-shm")):
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    moved = []
+    for suffix in ("", "-wal", "-shm"):  # kept together: sqlite opens `<aside>` with `<aside>-wal`
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            os.replace(source, Path(f"{aside}{suffix}"))
+            moved.append(Path(f"{aside}{suffix}"))
+    with _database() as conn:
+        for job in records:
+            conn.execute(
+                "INSERT OR REPLACE INTO jobs (id, kind, state, argv, created, started, finished, pid, done, total, "
+                "message, log_path, artifacts, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.kind, job.state, json.dumps(list(job.argv)), job.created, job.started, job.finished,
+                 job.pid, job.done, job.total, job.message, job.log_path, json.dumps(job.artifacts), job.error),
+            )
+    return tuple(moved)
 
 
 def is_alive(pid: int | None) -> bool:
@@ -166,7 +264,7 @@ def submit(kind: str, argv: list[str]) -> Job:
     """Queue `python -m neurorit <argv>` as a job; it starts now if a slot is free."""
     job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log_path = cache_root() / "jobs" / f"{job_id}.log"
-    with closing(_connect()) as conn:
+    with _database() as conn:
         conn.execute(
             "INSERT INTO jobs (id, kind, state, argv, created, log_path) VALUES (?, ?, 'queued', ?, ?, ?)",
             (job_id, kind, json.dumps(list(argv)), time.time(), str(log_path)),
@@ -176,7 +274,7 @@ def submit(kind: str, argv: list[str]) -> Job:
 
 
 def get(job_id: str) -> Job:
-    with closing(_connect()) as conn:
+    with _database() as conn:
         _dispatch(conn)
         row = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
     if row is None:
@@ -185,7 +283,7 @@ def get(job_id: str) -> Job:
 
 
 def list_jobs(kind: str | None = None, limit: int = 50) -> list[Job]:
-    with closing(_connect()) as conn:
+    with _database() as conn:
         _dispatch(conn)
         if kind:
             rows = conn.execute("SELECT * FROM jobs WHERE kind=? ORDER BY created DESC LIMIT ?", (kind, limit))
@@ -199,7 +297,7 @@ def cancel(job_id: str) -> Job:
     job = get(job_id)
     if job.state in FINAL_STATES:
         return job
-    with closing(_connect()) as conn:
+    with _database() as conn:
         conn.execute(
             "UPDATE jobs SET state='cancelled', finished=? WHERE id=? AND state IN ('queued', 'running')",
             (time.time(), job_id),
@@ -209,7 +307,7 @@ def cancel(job_id: str) -> Job:
             os.killpg(job.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    with closing(_connect()) as conn:
+    with _database() as conn:
         _dispatch(conn)
     return get(job_id)
 
@@ -235,7 +333,7 @@ class JobReporter:
         self._last = 0.0
 
     def _update(self, sql: str, args: tuple[Any, ...]) -> None:
-        with closing(_connect()) as conn:
+        with _database() as conn:
             conn.execute(sql, (*args, self.job_id))
 
     def cancelled(self) -> bool:
@@ -249,7 +347,7 @@ class JobReporter:
         self._update("UPDATE jobs SET done=?, total=?, message=? WHERE id=? AND state='running'", (done, total, message))
 
     def artifact(self, name: str, path: str | Path) -> None:
-        with closing(_connect()) as conn:
+        with _database() as conn:
             conn.execute("BEGIN IMMEDIATE")  # read-modify-write: several processes may record artifacts
             try:
                 row = conn.execute("SELECT artifacts FROM jobs WHERE id=?", (self.job_id,)).fetchone()
@@ -261,7 +359,7 @@ class JobReporter:
 
     def finish(self, error: str = "") -> None:
         state = "failed" if error else "done"
-        with closing(_connect()) as conn:
+        with _database() as conn:
             conn.execute(
                 "UPDATE jobs SET state=?, finished=?, error=? WHERE id=? AND state='running'",
                 (state, time.time(), error, self.job_id),

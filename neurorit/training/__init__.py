@@ -3,7 +3,7 @@
 The public API (see loop.py for the run folder's layout):
     TrainConfig                                    config.py: every knob, validated, hashable
     train(config, run_dir=None) -> TrainReport     loads model and data, trains, evaluates, bakes
-    resume(run_dir) -> TrainReport                 continues from the last checkpoint
+    resume(run_dir) -> TrainReport                 continues from the newest intact checkpoint
     run_training(model, examples, config, run_dir) the same with an injected model (tests)
     submit_training(config, run_dir=None) -> (Job, run_dir)   the same as a background job
     read_metrics(run_dir), read_status(run_dir), load_report(run_dir)   what a page shows
@@ -18,15 +18,16 @@ from typing import Any
 
 from neurorit.training.config import METHODS, TrainConfig
 from neurorit.training.loop import (
-    TrainingDivergedError, default_run_dir, load_report, read_metrics, read_status, resume, run_training, train,
+    ResumePoint, TrainingDivergedError, default_run_dir, has_started, load_report, read_metrics, read_status, resume,
+    resume_point, run_training, train,
 )
 from neurorit.training.checkpoints import CheckpointError, RunLockedError
 from neurorit.training.report import StageReport, TrainReport
 
 __all__ = [
-    "METHODS", "CheckpointError", "RunLockedError", "StageReport", "TrainConfig", "TrainReport",
-    "TrainingDivergedError", "default_run_dir", "load_report", "read_metrics", "read_status", "resume",
-    "run_training", "submit_resume", "submit_training", "train",
+    "METHODS", "CheckpointError", "ResumePoint", "RunLockedError", "StageReport", "TrainConfig", "TrainReport",
+    "TrainingDivergedError", "default_run_dir", "has_started", "load_report", "read_metrics", "read_status", "resume",
+    "resume_point", "run_training", "submit_resume", "submit_training", "train",
 ]
 
 

@@ -3,16 +3,20 @@
 Owns: writing a checkpoint (the weights trained so far, the optimizer and scheduler state, the
 RNG state, the step) as one folder that appears in a single rename (a crash or a full disk never
 leaves a partial checkpoint where a reader looks), finding and reading the latest complete one,
-pruning old ones, and the run folder's lock file (one training process per folder; a lock whose
-process is gone is stale and taken over). Must not: train, or know what the weights mean.
+verifying one against the file sizes and sha256 its JSON records (`newest_intact`: where a resume
+may start), setting an unreadable one aside, pruning old ones, and the run folder's lock file (one
+training process per folder; a lock whose process is gone is stale and taken over). Must not:
+train, or know what the weights mean.
 
 Layout: `<run>/checkpoints/step-000010/{params,optimizer,rng}.safetensors + checkpoint.json`
-(the JSON is written last); `<run>/.lock` holds {pid, host, job_id, since}.
+(the JSON is written last and records each file's size and sha256); `<run>/.lock` holds
+{pid, host, job_id, since}.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +41,8 @@ CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
 CHECKPOINT_JSON = "checkpoint.json"
 _PREFIX = "step-"
+_SET_ASIDE = "corrupt-"  # an unreadable checkpoint moved out of the way by a resume
+_FILES = ("params.safetensors", "optimizer.safetensors", "rng.safetensors")
 
 _write_tensors = store.write_tensors  # one seam: tests replace it to simulate a full disk
 _write_json = store.write_json
@@ -198,6 +204,7 @@ def write_checkpoint(
             _write_tensors(tmp / "params.safetensors", params)
             _write_tensors(tmp / "optimizer.safetensors", opt_tensors)
             _write_tensors(tmp / "rng.safetensors", rng)
+            record["files"] = {name: _fingerprint(tmp / name) for name in _FILES}  # verify_checkpoint's reference
             _write_json(tmp / CHECKPOINT_JSON, record)  # last: the folder is complete
     except OSError as exc:
         previous = latest_checkpoint(run_dir)
@@ -208,6 +215,14 @@ def write_checkpoint(
             "Free some space and resume the run."
         ) from exc
     return Checkpoint(final, step, record)
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def _jsonable(value: Any) -> Any:
@@ -253,6 +268,66 @@ def read_checkpoint(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], di
     except ArtifactError as exc:
         raise CheckpointError(f"checkpoint {checkpoint.path} is incomplete or corrupt: {exc}") from exc
     return params, _unflatten_optimizer(opt, checkpoint.meta["optimizer"]), rng
+
+
+def verify_checkpoint(checkpoint: Checkpoint) -> None:
+    """Raise CheckpointError unless the checkpoint reads back as it was written.
+
+    Its files must match the sizes and sha256 recorded in checkpoint.json when it was written (a
+    checkpoint from before those were recorded must load instead), and its JSON must hold what a
+    resume reads. Changes nothing.
+    """
+    needed = ("stage", "stage_step", "optimizer", "scheduler", "python_random", "params")
+    missing = [key for key in needed if key not in checkpoint.meta]
+    if missing:
+        raise CheckpointError(f"checkpoint {checkpoint.path}: {CHECKPOINT_JSON} lacks {missing}; it is corrupt.")
+    recorded = checkpoint.meta.get("files")
+    if not isinstance(recorded, dict):
+        read_checkpoint(checkpoint)  # an older checkpoint: it must load
+        return
+    for name in _FILES:
+        path = checkpoint.path / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {checkpoint.path}: {name} is missing; it is incomplete.")
+        expected = recorded.get(name) or {}
+        if path.stat().st_size != expected.get("bytes"):
+            raise CheckpointError(f"checkpoint {checkpoint.path}: {name} has {path.stat().st_size} bytes, "
+                                  f"{expected.get('bytes')} were written; it is truncated or corrupt.")
+        if _fingerprint(path)["sha256"] != expected.get("sha256"):
+            raise CheckpointError(f"checkpoint {checkpoint.path}: {name} does not match the sha256 written with it; "
+                                  "it is corrupt.")
+
+
+def newest_intact(run_dir: Path) -> tuple[Checkpoint | None, tuple[tuple[Path, str], ...]]:
+    """(the newest checkpoint that verifies or None, the newer ones that do not as (folder, why), newest first).
+
+    Reads only; a resume starts from the first and sets the others aside (set_aside).
+    """
+    folder = Path(run_dir) / CHECKPOINTS
+    unreadable: list[tuple[Path, str]] = []
+    for path in sorted(folder.glob(f"{_PREFIX}*"), reverse=True) if folder.is_dir() else []:
+        try:
+            meta = store.read_json(path / CHECKPOINT_JSON)
+            if not isinstance(meta, dict):
+                raise CheckpointError(f"checkpoint {path}: {CHECKPOINT_JSON} is not a JSON object; it is corrupt.")
+            checkpoint = Checkpoint(path, int(meta["step"]), meta)
+            verify_checkpoint(checkpoint)
+        except (ArtifactError, KeyError, TypeError, ValueError) as exc:
+            unreadable.append((path, str(exc)))
+            continue
+        return checkpoint, tuple(unreadable)
+    return None, tuple(unreadable)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint folder to `corrupt-step-NNNNNN` beside it (no reader looks there)."""
+    target = path.with_name(f"{_SET_ASIDE}{path.name}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{_SET_ASIDE}{path.name}-{n}")
+    os.replace(path, target)
+    return target
 
 
 def restore_rng(checkpoint: Checkpoint, rng: dict[str, torch.Tensor]) -> None:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from neurorit.configs import from_dict, stable_hash, to_dict
+from neurorit.configs import coerce_fields, from_dict, stable_hash, to_dict
 from neurorit.errors import ConfigError
 from neurorit.evaluation import EvalConfig
 from neurorit.prompts import PromptConfig
@@ -27,9 +27,6 @@ TARGET_ALIASES = ("first", "shortest")
 STAGE2_LOSSES = ("ce", "kl", "ce_kl")
 SCHEDULES = ("constant", "linear", "cosine")
 RETROBUST_BASES = ("lora", "full")
-
-_FLOAT_FIELDS = ("lr", "weight_decay", "max_grad_norm", "dev_fraction", "test_fraction", "stage1_fraction", "kl_weight",
-                 "lora_dropout", "retrobust_relevant_share")
 
 DEFAULT_EVAL = EvalConfig(views=("relevant", "noisy"), noise_levels=(2, 4))
 """Clean context (relevant passages only) and noisy contexts with 2 and 4 distractors."""
@@ -118,10 +115,9 @@ class TrainConfig:
     bake: bool = True  # write the tuned model (mask baked in) as a plain HF checkpoint
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "n_distractors", tuple(self.n_distractors))
-        for name in ("target_layers", "stage1_layers"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, tuple(getattr(self, name)))
+        # YAML's `lr: 1e-4` (a string) -> 1e-4, lists -> tuples; a bool where a number belongs, "abc"
+        # for an int, or a scalar where a list belongs (`target_layers: 13`, not [13]) is refused
+        coerce_fields(self)
         if isinstance(self.prompt, dict):
             object.__setattr__(self, "prompt", PromptConfig.from_dict(self.prompt))
         if isinstance(self.eval, dict):
@@ -233,13 +229,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         if isinstance(data, dict):
-            data = dict(data)
-            for name in _FLOAT_FIELDS:  # YAML 1.1 reads `lr: 1e-4` (no dot) as a string
-                if isinstance(data.get(name), str):
-                    try:
-                        data[name] = float(data[name])
-                    except ValueError:
-                        pass  # refused with the field's message below
+            data = dict(data)  # strings such as YAML 1.1's `lr: 1e-4` are coerced in __post_init__
             if isinstance(data.get("prompt"), dict):
                 data["prompt"] = PromptConfig.from_dict(data["prompt"])
             if isinstance(data.get("eval"), dict):

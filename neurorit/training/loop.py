@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -70,6 +71,27 @@ StageCallback = Callable[[str, Any], None]
 
 class TrainingDivergedError(NeuroritError):
     """The loss or the gradients became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resume starts: the newest intact checkpoint (None: step 0) and the newer, unreadable
+    ones it falls back past (folder, why), newest first."""
+
+    checkpoint: ckpt.Checkpoint | None
+    unreadable: tuple[tuple[Path, str], ...] = ()
+
+    @property
+    def step(self) -> int:
+        return self.checkpoint.step if self.checkpoint is not None else 0
+
+    def describe(self) -> str:
+        start = f"checkpoint step {self.step}" if self.checkpoint is not None else "step 0 (no intact checkpoint)"
+        if not self.unreadable:
+            return f"resuming from {start}"
+        skipped = ", ".join(path.name for path, _ in self.unreadable)
+        return (f"resuming from {start}, the newest intact one: {skipped} unreadable ({self.unreadable[0][1]}); "
+                f"set aside as {ckpt.CHECKPOINTS}/corrupt-<name>")
 
 
 # ---- the run folder -----------------------------------------------------------------------------
@@ -129,9 +151,27 @@ def load_report(run_dir: Path) -> TrainReport | None:
     return TrainReport.load(path) if path.is_file() else None
 
 
-def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
+def has_started(run_dir: Path) -> bool:
+    """Whether a run folder holds work: a checkpoint, a report, or a logged training step.
+
+    A folder that failed before its first step (a bad model, data or mask; holding config.json and
+    perhaps status / run / eval files) has not started: a new train may reuse it.
+    """
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / ckpt.CHECKPOINTS
+    if (run_dir / REPORT_JSON).is_file() or (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        return True
+    return any(m.get("event") == "step" for m in read_metrics(run_dir))
+
+
+def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool, *, write: bool = True) -> None:
+    """Refuse a folder that holds another run (or, for train, any started run); with write, store the config."""
     stored_path = run_dir / CONFIG_JSON
-    if stored_path.is_file():
+    if stored_path.is_file() and not resume and not has_started(run_dir):
+        if write:
+            log.warning("reusing %s: it holds a run that never took a step (no checkpoint, step or report)", run_dir)
+            store.write_json(stored_path, config.to_dict())
+    elif stored_path.is_file():
         stored = TrainConfig.from_dict(store.read_json(stored_path))
         if stored.hash() != config.hash():
             differing = sorted(k for k, v in config.to_dict().items() if stored.to_dict().get(k) != v)
@@ -149,7 +189,7 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
             )
     elif resume:
         raise ArtifactError(f"{run_dir} holds no run to resume ({CONFIG_JSON} is missing); start it with train.")
-    else:
+    elif write:
         store.write_json(stored_path, config.to_dict())
 
 
@@ -366,16 +406,44 @@ def train(
         return report
     world = current_world()
     device = rank_device(world, pick_device(config.device))
+    if world.main:
+        _check_run_dir(run_dir, config, resume=False, write=False)  # an occupied folder: refused before loading
+    model, examples = _load_model(config, device), _load_examples(config)  # bad ones: refused before the folder exists
     with joined(world, device), _owned(run_dir, job_id, world):
         if world.main:
             _check_run_dir(run_dir, config, resume=False)
         wait_for_all(world)
-        return _run(_load_model(config, device), _load_examples(config), config, run_dir, resume=False,
-                    on_progress=on_progress, world=world)
+        return _run(model, examples, config, run_dir, resume=False, on_progress=on_progress, world=world)
 
 
-def resume(run_dir: Path, *, job_id: str | None = None, on_progress: ProgressFn = no_progress) -> TrainReport:
-    """Continue a run from its last checkpoint (or from its start); a finished run returns its report."""
+def resume_point(run_dir: Path) -> ResumePoint:
+    """The checkpoint a resume starts from: the newest one that verifies (ckpt.verify_checkpoint).
+
+    Reads only. When checkpoints exist but none is intact, a CheckpointError says so and the
+    folder is left as it is.
+    """
+    checkpoint, unreadable = ckpt.newest_intact(run_dir)
+    if checkpoint is None and unreadable:
+        found = "; ".join(f"{path.name}: {why.rstrip('.')}" for path, why in unreadable)
+        folder = Path(run_dir) / ckpt.CHECKPOINTS
+        raise ckpt.CheckpointError(
+            f"cannot resume {run_dir}: no intact checkpoint ({found}); expected at least one that reads back as "
+            f"written. Nothing was changed; start the run again in a new folder, or delete {folder} to restart "
+            "this one from step 0."
+        )
+    return ResumePoint(checkpoint, unreadable)
+
+
+def resume(
+    run_dir: Path, *, job_id: str | None = None, on_progress: ProgressFn = no_progress,
+    on_resume: Callable[[ResumePoint], None] | None = None,
+) -> TrainReport:
+    """Continue a run from its newest intact checkpoint (or from its start); a finished run returns its report.
+
+    The checkpoint is verified before anything in the folder changes: newer unreadable ones are
+    set aside (logged, and on_resume hears where the run starts); when none is intact the run is
+    refused with the folder untouched.
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_JSON
     if not config_path.is_file():
@@ -383,14 +451,17 @@ def resume(run_dir: Path, *, job_id: str | None = None, on_progress: ProgressFn 
     config = TrainConfig.from_dict(store.read_json(config_path))
     world = current_world()
     device = rank_device(world, pick_device(config.device))
+    if read_status(run_dir).get("state") == "done" and (report := load_report(run_dir)):
+        return report
+    point = resume_point(run_dir)  # before the lock: a refusal leaves the folder byte for byte as it was
     with joined(world, device), _owned(run_dir, job_id, world):
-        if read_status(run_dir).get("state") == "done" and (report := load_report(run_dir)):
-            return report
         if world.main:
             _check_run_dir(run_dir, config, resume=True)
+            if on_resume is not None:
+                on_resume(point)
         wait_for_all(world)
         return _run(_load_model(config, device), _load_examples(config), config, run_dir, resume=True,
-                    on_progress=on_progress, world=world)
+                    on_progress=on_progress, world=world, point=point)
 
 
 def run_training(
@@ -411,12 +482,13 @@ def run_training(
     """
     run_dir = Path(run_dir)
     world = current_world()
+    point = resume_point(run_dir) if resume else None
     with joined(world, next(iter(model.parameters())).device), _owned(run_dir, None, world):
         if world.main:
             _check_run_dir(run_dir, config, resume=resume)
         wait_for_all(world)
         return _run(model, list(examples), config, run_dir, resume=resume, on_progress=on_progress,
-                    on_stage_end=on_stage_end, world=world)
+                    on_stage_end=on_stage_end, world=world, point=point)
 
 
 def _evaluate(model: Any, data: TrainData, config: TrainConfig, mask: NeuronMask | None, label: str,
@@ -428,6 +500,7 @@ def _evaluate(model: Any, data: TrainData, config: TrainConfig, mask: NeuronMask
 def _run(
     model: Any, examples: list[RagExample], config: TrainConfig, run_dir: Path, *, resume: bool,
     on_progress: ProgressFn, on_stage_end: StageCallback | None = None, world: World = World(),
+    point: ResumePoint | None = None,
 ) -> TrainReport:
     refuse_sharding()
     device = next(iter(model.parameters())).device
@@ -439,7 +512,8 @@ def _run(
     else:
         on_progress = no_progress  # rank 0 reports for all
     try:
-        return _run_inner(model, examples, config, run_dir, device, resume, on_progress, on_stage_end, world)
+        return _run_inner(model, examples, config, run_dir, device, resume, on_progress, on_stage_end, world,
+                          point or ResumePoint(None))
     except NeuroritError as exc:
         if world.main:
             last = ckpt.latest_checkpoint(run_dir)
@@ -459,7 +533,7 @@ def _run(
 
 def _run_inner(
     model: Any, examples: list[RagExample], config: TrainConfig, run_dir: Path, device: torch.device, resume: bool,
-    on_progress: ProgressFn, on_stage_end: StageCallback | None, world: World,
+    on_progress: ProgressFn, on_stage_end: StageCallback | None, world: World, point: ResumePoint,
 ) -> TrainReport:
     identity = model_identity(model)  # the untrained model's
     data = prepare_data(examples, model.tokenizer, config)
@@ -475,12 +549,18 @@ def _run_inner(
             "plan": plan.describe(), "model": identity.__dict__, "data": data.summary(), "device": str(device),
             "torch": torch.__version__, "total_params": total_params, "world_size": world.size,
         })
-    last = ckpt.latest_checkpoint(run_dir) if resume else None
+    last = point.checkpoint if resume else None  # verified by resume_point before the folder changed
     if resume and main:
         for leftover in ckpt.remove_partial(run_dir):
             log.warning("removed a partial checkpoint %s left by the interrupted process", leftover)
+        for path, why in point.unreadable:
+            log.warning("checkpoint %s is unreadable (%s): set aside as %s; resuming from %s", path, why,
+                        ckpt.set_aside(path).name, f"step {point.step}" if last else "step 0")
         _truncate_metrics(run_dir, last.step if last else 0)
-        _append_metric(run_dir, {"event": "resume", "step": last.step if last else 0})
+        resumed: dict[str, Any] = {"event": "resume", "step": last.step if last else 0}
+        if point.unreadable:
+            resumed["unreadable"] = [path.name for path, _ in point.unreadable]
+        _append_metric(run_dir, resumed)
     elif main and (run_dir / METRICS).exists():
         (run_dir / METRICS).unlink()
 

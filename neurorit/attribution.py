@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from neurorit import store
-from neurorit.configs import from_dict, stable_hash, to_dict
+from neurorit.configs import coerce_fields, from_dict, stable_hash, to_dict
 from neurorit.errors import ArtifactError, ConfigError
 from neurorit.models import frozen, model_identity, neuron_site, prefill
 from neurorit.types import LayerVector, NeuronGrid, ProgressFn, no_progress
@@ -66,6 +66,7 @@ class MiningConfig:
     max_steps: int = 320  # ceiling for refinement
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # "64" -> 64; a bool, "abc" or a scalar for `layers` is refused
         if self.baseline not in ("zero", "no_context"):
             raise ConfigError.field("MiningConfig", "baseline", self.baseline, "'zero' or 'no_context'")
         if self.positions not in ("last", "all"):

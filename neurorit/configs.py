@@ -1,14 +1,22 @@
 """Shared mechanics of the frozen config dataclasses.
 
-Owns: round-tripping a config to and from a plain dict, its stable hash (the cache key), and
-loading overrides from YAML. Must not: know any particular stage's fields.
+Owns: round-tripping a config to and from a plain dict, its stable hash (the cache key), loading
+overrides from YAML, and the one coercion of a field's value to its annotated type (YAML 1.1 reads
+`2e-1` as a string; a flag or a file may give "3" for an int). Must not: know any particular
+stage's fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import numbers
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +58,93 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)  # type: ignore[call-arg]
+
+
+_PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "true / false values"}
+
+
+def coerce_value(owner: str, name: str, value: Any, hint: Any) -> Any:
+    """`value` as the type `hint` names, or ConfigError naming `owner.name`, the value and what is allowed.
+
+    int: an int, or a string of one ("3"); never a bool (`true` is not 1) nor a float. float: an
+    int or float, or a string of a finite number ("2e-1" -> 0.2); never a bool. bool: true or
+    false only. tuple[X, ...]: a list or tuple whose items coerce to X; a scalar is refused, even
+    where one item is obviously meant (`target_layers: 13` must be written `[13]`), so that a list
+    is always written as one. `X | None`: None, or X. A dataclass: a mapping becomes one via its
+    `from_dict`. Any other hint (str, Literal, a union of types) is left to the config's own checks.
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return coerce_value(owner, name, value, rest[0]) if len(rest) == 1 else value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) != 2 or args[1] is not Ellipsis:
+            return value
+        plural = _PLURALS.get(args[0], "values")
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+            raise ConfigError.field(owner, name, value, f"a list of {plural}, e.g. [{value!r}]: a single value "
+                                    "is still written as a one-item list")
+        try:
+            return tuple(coerce_value(owner, name, item, args[0]) for item in value)
+        except ConfigError:
+            raise ConfigError.field(owner, name, value, f"a list of {plural}") from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError.field(owner, name, value, "true or false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError.field(owner, name, value, "an integer (true / false is not a number)")
+        if isinstance(value, numbers.Integral):
+            return value if type(value) is int else int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError.field(owner, name, value, "an integer, e.g. 3")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError.field(owner, name, value, "a number (true / false is not a number)")
+        if isinstance(value, (int, float)):
+            return value
+        if isinstance(value, numbers.Real):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number):
+                return number
+        raise ConfigError.field(owner, name, value, "a finite number, e.g. 0.2 or 2e-1")
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        build = getattr(hint, "from_dict", None)
+        return build(value) if build is not None else from_dict(hint, value)
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _field_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce_fields(config: Any) -> None:
+    """Set each field of a config under construction to its annotated type (see `coerce_value`).
+
+    Called first in a frozen config's `__post_init__`, the one place a config changes its own
+    fields; its validation then sees values of the right type only.
+    """
+    hints = _field_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        coerced = coerce_value(type(config).__name__, f.name, value, hints[f.name])
+        if coerced is not value:
+            object.__setattr__(config, f.name, coerced)
 
 
 def with_overrides(config: C, **overrides: Any) -> C:

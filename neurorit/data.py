@@ -66,6 +66,9 @@ class RagExample:
     passages: tuple[Passage, ...] = ()
     relevance_rule: str = "given"  # how passages were flagged: given, isgold, contains-answer, rgb-fields
     source: str = ""  # the dataset's name
+    # how the passages were chosen (retrieval noise kind, seed, corpus, ids); {} for a dataset's own.
+    # JSON-able; left out of to_dict when empty, so the fingerprints of plain examples do not change.
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.answers, str):
@@ -86,6 +89,8 @@ class RagExample:
             raise DataError(
                 f"example {self.id}: answers must be non-empty strings, got {bad!r} among {list(self.answers)!r}."
             )
+        if not isinstance(self.provenance, dict):
+            raise DataError(f"example {self.id}: provenance must be a mapping, got {_short(self.provenance)}.")
         bad_passages = [p for p in self.passages if not isinstance(p, Passage)]
         if bad_passages:
             raise DataError(
@@ -106,7 +111,7 @@ class RagExample:
         return dataclasses.replace(self, passages=tuple(passages))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "question": self.question,
             "answers": list(self.answers),
@@ -114,6 +119,9 @@ class RagExample:
             "relevance_rule": self.relevance_rule,
             "source": self.source,
         }
+        if self.provenance:
+            out["provenance"] = json.loads(json.dumps(self.provenance))  # a deep, JSON-safe copy
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> "RagExample":
@@ -131,6 +139,7 @@ class RagExample:
             passages=tuple(Passage.from_dict(p) for p in passages),
             relevance_rule=data.get("relevance_rule") or "given",
             source=data.get("source") or "",
+            provenance=data.get("provenance") or {},
         )
 
 
@@ -143,13 +152,36 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class _MissingField(DataError):
+    """A record lacks a field its format requires: perhaps the file is in another format."""
+
+
 def _require(record: dict[str, Any], fields: Sequence[str], format: str) -> None:
     for name in fields:
         if name not in record:
-            raise DataError(
+            raise _MissingField(
                 f"missing field '{name}' for the {format} format (record has {sorted(record)}); expected "
-                f"fields {list(fields)}. Wrong format? Pass format= explicitly."
+                f"fields {list(fields)}."
             )
+
+
+def _format_hint(fmt: str, given: bool, format_flag: str) -> str:
+    """What to do about a record that does not fit `fmt`: name the option only when it was not used."""
+    if given:
+        return f"Wrong format? {fmt} was given; check that the file is in the {fmt} format."
+    return f"Wrong format? {fmt} was detected; pass {format_flag} explicitly."
+
+
+def require_unique_ids(examples: Sequence[RagExample], source: str) -> None:
+    """Refuse examples sharing an id (mining, evaluation and training key their results by id)."""
+    seen: set[str] = set()
+    for example in examples:
+        if example.id in seen:
+            raise DataError(
+                f"{source}: example id {example.id!r} occurs twice; expected unique ids (results are keyed by "
+                "id). Rename or drop the duplicate."
+            )
+        seen.add(example.id)
 
 
 def _aliases(value: Any) -> tuple[str, ...]:
@@ -333,21 +365,24 @@ def _format_from_keys(record: dict[str, Any]) -> str | None:
     return None
 
 
-def detect_format(path: Path, first_record: dict[str, Any] | None) -> str:
-    """The format named by the file name when the first record fits it, else the one its keys show."""
+def detect_format(path: Path, first_record: dict[str, Any] | None, *, format_flag: str = "format=") -> str:
+    """The format named by the file name when the first record fits it, else the one its keys show.
+
+    `format_flag`: how the caller's option is named in a refusal ("--format" in the CLI).
+    """
     name = path.name.lower()
     hinted = next((fmt for hint, fmt in _NAME_HINTS if hint in name), None)
     if first_record is None:
         if hinted:
             return hinted
-        raise DataError(f"{path} holds no records, so its format cannot be detected; pass format= explicitly.")
+        raise DataError(f"{path} holds no records, so its format cannot be detected; pass {format_flag} explicitly.")
     if hinted and all(k in first_record for k in _REQUIRED[hinted]):
         return hinted
     by_keys = _format_from_keys(first_record)
     if by_keys is None:
         raise DataError(
             f"{path}: cannot tell the format from the first record's fields {sorted(first_record)}; "
-            f"expected one of {list(FORMATS)}. Pass format= explicitly."
+            f"expected one of {list(FORMATS)}. Pass {format_flag} explicitly."
         )
     return by_keys
 
@@ -376,13 +411,15 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def load_examples(
-    path: str | Path, format: str | None = None, *, limit: int | None = None, counterfactual: bool = False
+    path: str | Path, format: str | None = None, *, limit: int | None = None, counterfactual: bool = False,
+    format_flag: str = "format=",
 ) -> list[RagExample]:
     """Read examples from a JSON-lines file (optionally gzipped) in one of FORMATS.
 
     format None detects it from the file name, then the first record's fields. `limit` keeps the
     first examples only. `counterfactual` (rgb only) adds the `positive_wrong` rewrites as
-    irrelevant passages.
+    irrelevant passages. A file without any record is refused. `format_flag`: how the caller's
+    format option is named in a refusal ("--format" in the CLI); suggested only when not given.
     """
     path = Path(path)
     if format is not None and format not in FORMATS:
@@ -401,19 +438,22 @@ def load_examples(
         if not isinstance(record, dict):
             raise DataError(f"{path} line {lineno}: expected a JSON object, got {_short(record)}.")
         if fmt is None:
-            fmt = detect_format(path, record)
+            fmt = detect_format(path, record, format_flag=format_flag)
             log.debug("%s: detected format %s", path, fmt)
         try:
             examples.append(_PARSERS[fmt](record, len(examples), counterfactual=counterfactual))
+        except _MissingField as exc:
+            raise DataError(f"{path} line {lineno}: {exc} {_format_hint(fmt, format is not None, format_flag)}") from exc
         except DataError as exc:
             raise DataError(f"{path} line {lineno}: {exc}") from exc
         except (TypeError, AttributeError, KeyError, ValueError) as exc:
+            fix = "" if format is not None else f", or pass the right {format_flag}"
             raise DataError(
                 f"{path} line {lineno}: a {fmt} record has a field of the wrong type ({exc!r}); check the "
-                "line against the format, or pass the right format=."
+                f"line against the {fmt} format{fix}."
             ) from exc
-    if is_empty and fmt is None:
-        fmt = detect_format(path, None)  # an empty file: refuse unless the name says the format
+    if is_empty:
+        raise DataError(f"{path} is empty: it holds no JSON lines; expected one example (a JSON object) per line.")
     log.info("loaded %d examples from %s (%s)", len(examples), path, fmt)
     return examples
 

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from neurorit import fastpath, store
-from neurorit.configs import from_dict, stable_hash, to_dict
+from neurorit.configs import coerce_fields, from_dict, stable_hash, to_dict
 from neurorit.data import RagExample
 from neurorit.errors import ArtifactError, ConfigError, DataError
 from neurorit.masks import NeuronMask, random_like
@@ -58,8 +58,7 @@ class EvalConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "views", tuple(self.views))
-        object.__setattr__(self, "noise_levels", tuple(self.noise_levels))
+        coerce_fields(self)  # lists -> tuples, "16" -> 16; a scalar where a list belongs is refused
         if not self.views:
             raise ConfigError.field("EvalConfig", "views", self.views, f"a non-empty subset of {list(VIEWS)}")
         for view in self.views:

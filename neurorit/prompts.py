@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from neurorit.configs import from_dict, stable_hash, to_dict
+from neurorit.configs import coerce_fields, from_dict, stable_hash, to_dict
 from neurorit.data import Passage, RagExample
 from neurorit.errors import ConfigError, DataError
 from neurorit.metrics import normalize_answer
@@ -44,6 +44,7 @@ class PromptConfig:
     system_prompt: str | None = None  # None: the chat template's default system message
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # "4" -> 4; a bool or "abc" is refused
         for name in ("instruction", "closed_book_instruction"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import describe  # noqa: E402
 from neurorit.attribution import MiningConfig, baseline_activations, attribute_neurons, preview_neurons  # noqa: E402
 from neurorit.configs import parse_int_ranges  # noqa: E402
 from neurorit.data import demo_examples, load_examples  # noqa: E402
@@ -73,8 +72,7 @@ def main() -> int:
     n_layers = int(model.cfg.n_layers)
     config = MiningConfig(n_steps=args.n_steps, baseline=args.baseline)
     baseline_ids = closed.token_ids if args.baseline == "no_context" else None
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"machine: {describe()}")
     print(f"prompt: {prompt.example_id} from {source}: {prompt.n_tokens} prompt tokens, "
           f"{len(prompt.answer_ids)} answer tokens; {n_layers} layers x {model.cfg.d_mlp} neurons, m = {args.n_steps}")
 

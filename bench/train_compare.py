@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import describe  # noqa: E402
 from neurorit.attribution import MiningConfig  # noqa: E402
 from neurorit.data import load_examples  # noqa: E402
 from neurorit.evaluation import EvalConfig  # noqa: E402
@@ -133,8 +134,7 @@ def main() -> int:
         "# Training methods compared, CPU-sized",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- machine: {platform.node()}, {platform.platform()}, {os.cpu_count()} CPU cores (shared with other work), "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 on the CPU",
+        f"- machine: {platform.node()}, {describe()} (shared with other work), float32 on the CPU",
         f"- command: `{command}`",
         f"- model: {args.model or BUNDLED_MODEL}; data: {args.data} (first {args.limit} questions, split by id hash "
         f"80/10/20 train/dev/test; distractors from other questions of the same split)",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import describe  # noqa: E402
 from neurorit import evaluation  # noqa: E402
 from neurorit.data import demo_examples  # noqa: E402
 from neurorit.masks import NeuronMask, random_like  # noqa: E402
@@ -89,8 +89,7 @@ def main() -> int:
     masks[f"all of layer {args.layer} ({ident.d_mlp} neurons)"] = NeuronMask.silencing(NeuronSet(layer, "layer"), ident)
 
     examples = demo_examples()[: args.examples]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {ident.name} in {args.dtype}; {len(examples)} demo examples; views {config.views}; "
+    print(f"machine: {describe()}; {ident.name} in {args.dtype}; {len(examples)} demo examples; views {config.views}; "
           f"max_new_tokens {config.max_new_tokens}")
     evaluation.what_if(model, examples[0], next(iter(masks.values())), config, views=("noisy",))  # warm-up
 

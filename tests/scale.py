@@ -28,5 +28,4 @@ def scale_error(actual: torch.Tensor | np.ndarray | float, expected: torch.Tenso
 def assert_close_in_scale(actual, expected, rel: float = 1e-4) -> None:  # type: ignore[no-untyped-def]
     """max|actual - expected| <= rel * max|expected| (both converted to float64)."""
     error = scale_error(actual, expected)
-    import os, traceback; open("/tmp/scale_log.txt","a").write(f"{error:.3g} {rel} {traceback.extract_stack()[-2].name}\n")
     assert error <= rel, f"worst difference is {error:.3g} of the values' scale (allowed {rel:g})"

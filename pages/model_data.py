@@ -8,10 +8,13 @@ from pathlib import Path
 import streamlit as st
 
 from app import forms, resources, state, views
+from app import retrieval as app_retrieval
+from app.progress import StreamlitProgress
 from neurorit.data import FORMATS, demo_examples, load_examples
 from neurorit.errors import NeuroritError
 from neurorit.models import BUNDLED_MODEL
 from neurorit.prompts import VIEWS, add_distractors, build_prompt
+from neurorit.retrieval import with_retrieved
 
 MAX_UPLOAD_MB = 50  # also server.maxUploadSize in .streamlit/config.toml
 
@@ -140,6 +143,47 @@ if c2.button("Revert to the dataset's version", disabled=original is None or ori
     state.replace_example(original)
     st.session_state[version_key] = version + 1
     st.rerun()
+
+# ---- retrieval ----------------------------------------------------------------------------------
+st.header("Retrieve passages")
+st.caption("Rank a corpus's passages for the question with BM25, dense (all-MiniLM-L6-v2), SPLADE or their "
+           "reciprocal-rank fusion; relevant = the passage mentions a gold answer. The first search over a corpus "
+           "builds its index (dense and SPLADE take minutes over Wikipedia on a CPU), later ones reload it.")
+with st.form(f"retrieve.{example.id}"):
+    r_question = st.text_input("Query (default: the example's question)", value=example.question)
+    c1, c2, c3 = st.columns([3, 2, 1])
+    r_corpora = c1.multiselect("Corpus", list(app_retrieval.CORPORA),
+                               key=forms.init("w.retrieve.corpus", [next(iter(app_retrieval.CORPORA))]))
+    r_name = c2.selectbox("Retriever", app_retrieval.RETRIEVER_CHOICES, key=forms.init("w.retrieve.retriever", "bm25"),
+                          help="hybrid = bm25+dense fused by reciprocal rank (k = 60).")
+    r_k = c3.number_input("k", min_value=1, max_value=50, step=1, key=forms.init("w.retrieve.k", 5))
+    retrieve_clicked = st.form_submit_button("Retrieve")
+if retrieve_clicked:
+    try:
+        if not r_corpora or not r_question.strip():
+            raise NeuroritError("Pick at least one corpus and type a query.")
+        r_corpus = app_retrieval.corpus(r_corpora, items, state.dataset_label())
+        bar = StreamlitProgress(f"Index of {r_corpus.name}")
+        r_retriever = app_retrieval.retriever(r_corpus, r_name, bar)
+        bar.clear()
+        st.session_state["neurorit.retrieved"] = {
+            "example": example.id, "question": r_question, "corpus": r_corpus, "retriever": r_retriever,
+            "hits": r_retriever.search([r_question], int(r_k))[0]}
+    except NeuroritError as exc:
+        st.error(str(exc))
+found = st.session_state.get("neurorit.retrieved")
+if found and found["example"] == example.id:
+    st.caption(f"{found['retriever'].name} over {found['corpus'].name} ({len(found['corpus'])} passages), "
+               f"query {found['question']!r}:")
+    st.dataframe(app_retrieval.hits_frame(found["corpus"], found["hits"], example.answers), hide_index=True,
+                 column_config={"text": st.column_config.TextColumn("text", width="large")})
+    if st.button("Use these passages as the example's context",
+                 help="Replaces the example's passages with the ranking above (flags as shown); revert restores them."):
+        state.replace_example(with_retrieved(example, found["corpus"], found["hits"], found["retriever"],
+                                             question=found["question"]))
+        st.session_state[version_key] = version + 1
+        st.session_state.pop("neurorit.retrieved", None)
+        st.rerun()
 
 # ---- prompt -------------------------------------------------------------------------------------
 st.header("Prompt")

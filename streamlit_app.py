@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:  # `app` beside this file, whatever the working di
     sys.path.insert(0, str(ROOT))
 
 from app.forms import keep_widget_state  # noqa: E402
+from app.state import mark_run_finished  # noqa: E402
 
 st.set_page_config(page_title="neurorit workbench", page_icon=":material/neurology:", layout="wide")
 keep_widget_state()
@@ -39,3 +40,4 @@ try:
 except Exception as exc:  # noqa: BLE001  the last resort: a message, never a traceback
     logging.getLogger("neurorit.app").exception("a page failed")
     st.error(f"Something went wrong: {type(exc).__name__}: {exc}. The details are in the server log.")
+mark_run_finished()  # pages that end early report it themselves (state.stop_run); st.rerun() runs on

@@ -86,7 +86,7 @@ def require_model() -> LoadedModel:
     """The session's model, or the page stops here (after current_model's error message)."""
     loaded = current_model()
     if loaded is None:
-        st.stop()
+        state.stop_run()
     return loaded  # type: ignore[return-value]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, MutableMapping
+from typing import Any, MutableMapping, NoReturn
 
 import streamlit as st
 
@@ -27,6 +27,7 @@ EXAMPLE_INDEX = "w.example_index"  # also the key of the example picker widget (
 PROMPT_CONFIG = "neurorit.prompt_config"
 RESULTS = "neurorit.results"
 SHARED_SET = "neurorit.shared_set"  # a neuron set handed from Explore to Ablate
+SCRIPT_RUNS = "neurorit.script_runs"  # full script runs finished in this session (see mark_run_finished)
 
 
 @dataclass(frozen=True)
@@ -168,3 +169,22 @@ def shared_set(state: MutableMapping[str, Any] | None = None) -> dict[str, Any] 
 
 def set_shared_set(record: dict[str, Any], state: MutableMapping[str, Any] | None = None) -> None:
     _state(state)[SHARED_SET] = record
+
+
+def mark_run_finished() -> None:
+    """The app's own "finished" status: a hidden element whose `data-run` counts completed script runs.
+
+    Written as the last element of every full run (streamlit_app.py), so whoever drives the page (the
+    browser tests) waits for the count to grow after an action, whatever the machine's speed, instead
+    of guessing from Streamlit's 'Running' widget, which shows only after a delay.
+    """
+    runs = int(st.session_state.get(SCRIPT_RUNS, 0)) + 1
+    st.session_state[SCRIPT_RUNS] = runs
+    st.html(f'<span class="neurorit-run-finished" data-run="{runs}"></span>')
+
+
+def stop_run() -> NoReturn:
+    """End this script run here (`st.stop()`), reporting it finished first (mark_run_finished):
+    after st.stop() no element can be written any more. Pages call this, never st.stop() itself."""
+    mark_run_finished()
+    st.stop()

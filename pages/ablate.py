@@ -24,12 +24,12 @@ model, ident = loaded.model, loaded.identity
 items = state.examples()
 example = forms.example_picker(items)
 if example is None:
-    st.stop()
+    state.stop_run()
 with st.sidebar:
     st.subheader("Evaluation")
     eval_config = forms.eval_form(state.prompt_config(), prefix="ablate")
 if eval_config is None:
-    st.stop()
+    state.stop_run()
 results = state.results(loaded.key)
 
 # ---- the unmasked answers, once per example: a what-if then only runs the masked side -----------
@@ -98,18 +98,18 @@ use_random = c1.checkbox("Random set of the same size instead", help="The same n
 seed = c2.number_input("Random seed", min_value=0, step=1, key=forms.init("w.ablate.seed", 0))
 scale = c3.slider("Scale (0 = off, 1 = unchanged, 2 = amplified)", 0.0, 2.0, step=0.05, key=forms.init("w.ablate.scale", 0.0))
 if base is None:
-    st.stop()
+    state.stop_run()
 neuron_set = random_like(base, seed=int(seed)) if use_random else base
 if use_random:
     provenance.update(random_like=base.label, seed=int(seed))
 if not len(neuron_set):
     st.warning(f"The set {neuron_set.label!r} is empty: nothing to switch off. Loosen the selection rule on Explore.")
-    st.stop()
+    state.stop_run()
 try:
     mask = NeuronMask.silencing(neuron_set, ident, scale=float(scale), provenance=provenance)
 except NeuroritError as exc:
     st.error(str(exc))
-    st.stop()
+    state.stop_run()
 layers_hit = sum(1 for c in neuron_set.counts_per_layer() if c)
 st.markdown(f"**{len(neuron_set)} neurons** in {layers_hit} layer(s) · `{neuron_set.label}` · scale **{scale:g}**")
 if scale == 1.0:

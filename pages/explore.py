@@ -24,7 +24,7 @@ loaded = resources.require_model()
 model, ident = loaded.model, loaded.identity
 example = forms.example_picker(state.examples())
 if example is None:
-    st.stop()
+    state.stop_run()
 prompt_config = state.prompt_config()
 
 with st.sidebar:
@@ -33,7 +33,7 @@ with st.sidebar:
     st.subheader("Selection (per example)")
     rule = forms.selection_form(prefix="explore")
 if mining is None or rule is None:
-    st.stop()
+    state.stop_run()
 
 n_rel, n_irr = len(example.relevant_passages), len(example.irrelevant_passages)
 st.markdown(f"**Question:** {example.question}  \n**Gold:** {' / '.join(example.answers)} · "
@@ -89,7 +89,7 @@ except NeuroritError as exc:
 available = [m for m in ("ig", "preview") if keys[m] in results]
 if not available:
     st.info("Run the preview (fast, approximate) or IG (exact up to the completeness gap) to see the attributions.")
-    st.stop()
+    state.stop_run()
 shown = available[0]
 if len(available) == 2:
     shown = st.radio("Show", available, horizontal=True, format_func=lambda m: {"ig": "IG", "preview": "preview"}[m],

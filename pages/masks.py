@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import artifacts, forms, resources, views
+from app import artifacts, forms, resources, state, views
 from neurorit import store
 from neurorit.errors import NeuroritError
 from neurorit.masks import NeuronMask, bake
@@ -41,14 +41,14 @@ st.subheader("Masks in the cache")
 entries = artifacts.list_masks()
 if not entries:
     st.info("No mask yet: save one from the Explore or Ablate page, or upload one above.")
-    st.stop()
+    state.stop_run()
 st.dataframe(views.masks_frame(entries, fingerprint=fingerprint), hide_index=True,
              column_config={"fits_loaded_model": st.column_config.CheckboxColumn("fits loaded model")})
 pick = st.selectbox("Mask", range(len(entries)), format_func=lambda i: artifacts.mask_label(entries[i]), key="masks.pick")
 entry = entries[int(pick or 0)]
 if entry.error:
     st.error(entry.error)
-    st.stop()
+    state.stop_run()
 c1, c2 = st.columns([1, 1])
 with c1:
     st.markdown("**Provenance**")
@@ -69,7 +69,7 @@ st.subheader("Export a baked checkpoint")
 st.caption("Multiplies the scale into each layer's output projection and writes an ordinary Hugging Face folder "
            "that any inference engine serves (exactly the masked model).")
 out = st.text_input("Output folder", value=str(store.cache_root() / "export" / entry.key[:16]), key=f"masks.out.{entry.key}")
-overwrite = st.checkbox("Overwrite a non-empty folder", key="masks.overwrite")
+overwrite = st.checkbox("Replace an earlier export in that folder", key="masks.overwrite")
 if st.button("Export the baked checkpoint"):
     if loaded is None:
         st.error("Load the model the mask was made for first (Model & data page).")
@@ -86,7 +86,7 @@ if st.button("Export the baked checkpoint"):
 st.subheader("Compare two masks")
 if len(entries) < 2:
     st.info("Save or upload a second mask to compare.")
-    st.stop()
+    state.stop_run()
 c1, c2 = st.columns(2)
 ia = c1.selectbox("Mask A", range(len(entries)), format_func=lambda i: artifacts.mask_label(entries[i]), key="masks.a")
 ib = c2.selectbox("Mask B", range(len(entries)), index=1, format_func=lambda i: artifacts.mask_label(entries[i]), key="masks.b")

@@ -7,7 +7,7 @@ import random
 import streamlit as st
 
 from app import artifacts, forms, jobs_client, resources, state, views
-from app.progress import cancel_button
+from app.progress import cancel_button, read_job_table
 from neurorit.errors import NeuroritError
 from neurorit.models import BUNDLED_MODEL
 
@@ -63,11 +63,7 @@ if st.button(f"Start mining job ({usable} examples)", type="primary", disabled=n
 
 # ---- jobs ---------------------------------------------------------------------------------------
 st.subheader("Jobs")
-try:
-    jobs = jobs_client.list_jobs()
-except (NeuroritError, OSError) as exc:
-    st.error(f"Cannot read the job table: {exc}")
-    jobs = []
+jobs = read_job_table(jobs_client.list_jobs, key="mine.repair_jobs") or []
 if not jobs:
     st.info("No mining job yet.")
 else:
@@ -108,7 +104,7 @@ st.subheader("Results")
 entries = [e for e in artifacts.list_mined() if artifacts.fits(e, n_layers=ident.n_layers, d_mlp=ident.d_mlp)]
 if not entries:
     st.info("No mining result for this model in the cache yet.")
-    st.stop()
+    state.stop_run()
 default = 0
 current = next((j for j in jobs if j.id == st.session_state.get(JOB_KEY)), None)
 if current is not None and current.state == "done" and current.artifacts.get("mined"):
@@ -121,7 +117,7 @@ try:
     mined = resources.mined(entry.folder)
 except NeuroritError as exc:
     st.error(str(exc))
-    st.stop()
+    state.stop_run()
 if mined.model.fingerprint != ident.fingerprint:
     st.warning(f"Mined on {mined.model.name} weights {mined.model.fingerprint}, the loaded model has {ident.fingerprint}.")
 st.markdown(f"**{mined.summary()}**")

@@ -100,7 +100,7 @@ st.info(f"Loaded: **{state.dataset_label()}** · {len(items)} examples")
 st.header("Example")
 example = forms.example_picker(items)
 if example is None:
-    st.stop()
+    state.stop_run()
 original = state.original_example()
 if original is not None and original != example:
     st.caption("This example has unsaved edits relative to the dataset (kept for this session).")

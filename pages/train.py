@@ -15,12 +15,12 @@ import streamlit as st
 import torch
 
 from app import artifacts, forms, resources, state, views
-from app.progress import cancel_button
+from app.progress import cancel_button, read_job_table
 from neurorit import jobs, store
 from neurorit.data import RagExample, demo_examples, examples_fingerprint, save_examples
 from neurorit.errors import NeuroritError
 from neurorit.training import (
-    default_run_dir, load_report, read_metrics, read_status, submit_resume, submit_training,
+    default_run_dir, has_started, load_report, read_metrics, read_status, submit_resume, submit_training,
 )
 from neurorit.training.checkpoints import latest_checkpoint
 
@@ -90,11 +90,7 @@ def read_run(folder: Path, job: Any) -> dict[str, Any]:
             "mtime": folder.stat().st_mtime if folder.exists() else (job.created if job else 0.0), "error": error}
 
 
-try:
-    run_jobs = job_by_run()
-except (NeuroritError, OSError) as exc:
-    st.error(f"Cannot read the job table: {exc}")
-    run_jobs = {}
+run_jobs = read_job_table(job_by_run, key="train.repair_jobs") or {}
 
 # ---- a new run ----------------------------------------------------------------------------------
 st.subheader("New run")
@@ -124,7 +120,7 @@ if st.button("Start training", type="primary", disabled=config is None) and conf
     if not fresh and active is not None and active.state in views.ACTIVE_RUN_STATES:
         st.session_state[RUN_KEY] = str(folder)
         st.info(f"Job {active.id} already trains this config ({active.state}); it is selected below.")
-    elif not fresh and (folder / "config.json").is_file():
+    elif not fresh and (folder / "config.json").is_file() and has_started(folder):  # a never-started one is reused
         st.session_state[RUN_KEY] = str(folder)
         st.info(f"This config already has a run ({read_status(folder).get('state', 'unknown')}); it is selected "
                 "below. Resume it there, or tick 'Start in a new folder' to train again.")
@@ -147,7 +143,7 @@ folders.update({k: Path(k) for k, j in run_jobs.items() if j.state in views.ACTI
 runs = sorted((read_run(f, run_jobs.get(k)) for k, f in folders.items()), key=lambda r: r["mtime"], reverse=True)
 if not runs:
     st.info("No training run yet: start one above (or with `neurorit train`).")
-    st.stop()
+    state.stop_run()
 with st.expander(f"All runs ({len(runs)})", expanded=len(runs) <= 5):
     st.dataframe(views.runs_frame(runs), hide_index=True)
 by_key = {str(r["folder"]): r for r in runs}
@@ -216,14 +212,14 @@ run_panel()
 
 # ---- the report ---------------------------------------------------------------------------------
 if first["state"] in views.ACTIVE_RUN_STATES:
-    st.stop()
+    state.stop_run()
 try:
     report = load_report(Path(run_key))
 except (NeuroritError, OSError) as exc:
     st.error(f"Cannot read the run's report: {exc}")
-    st.stop()
+    state.stop_run()
 if report is None:
-    st.stop()
+    state.stop_run()
 st.subheader("Report")
 for column, (label, value) in zip(st.columns(5), views.train_summary(report).items()):
     column.metric(label, value)

@@ -456,3 +456,14 @@ def test_the_library_never_imports_streamlit() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.split()[-1]) >= 10  # it did walk the package
+
+
+def test_pages_end_runs_through_the_finished_marker() -> None:
+    """A page that ends a run early calls state.stop_run(), which writes the 'run finished' marker the
+    browser tests wait for; a bare st.stop() would leave them waiting for a run that did finish."""
+    bare = [f"{path.relative_to(ROOT)}:{n}" for path in [*(ROOT / "pages").glob("*.py"), *(ROOT / "app").glob("*.py"),
+                                                         ROOT / "streamlit_app.py"]
+            for n, line in enumerate(path.read_text().splitlines(), 1)
+            if "st.stop()" in line and path.name != "state.py"]  # state.py: stop_run itself
+    assert not bare, bare
+    assert "state.stop_run()" in (ROOT / "pages" / "explore.py").read_text()  # the rule is used, not vacuous

@@ -35,11 +35,19 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 VIEWPORT = {"width": 1440, "height": 1100}
-SLOW = 120_000  # ms: the first model load and IG on a 2-core CPU
+# The test waits for the app's own status (the count of finished script runs that every run writes
+# last, app.state.mark_run_finished), never for a clock. This bound only stops a hung app from
+# hanging CI: a busy or slow machine passes, however long its work takes below it.
+HANG_GUARD = 30 * 60_000  # ms
 SCREENSHOTS: list[Path] = []
-# IG (m = 4, 30 layers) on both views plus four answers: ~10 s on an idle 2-core CPU. The bound is
-# loose because CI machines are shared; NEURORIT_BROWSER_IG_BUDGET_S tightens or loosens it.
-IG_BUDGET_S = float(os.environ.get("NEURORIT_BROWSER_IG_BUDGET_S", "180"))
+_FINISHED_RUNS = """() => Math.max(0, ...[...document.querySelectorAll('.neurorit-run-finished')]
+    .map(el => Number(el.dataset.run)))"""
+_RUN_FINISHED_SINCE = """since => {
+    const runs = Math.max(0, ...[...document.querySelectorAll('.neurorit-run-finished')]
+        .map(el => Number(el.dataset.run)));
+    const running = document.querySelector('[data-testid="stStatusWidget"]');
+    return runs > since && !(running && running.innerText.includes('Running'));
+}"""
 
 
 def _free_port() -> int:
@@ -48,7 +56,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -124,7 +132,7 @@ def browser_page(server: str) -> Iterator[object]:
         try:
             context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
             page = context.new_page()
-            page.set_default_timeout(SLOW)
+            page.set_default_timeout(HANG_GUARD)
             yield page
         finally:
             browser.close()
@@ -142,43 +150,61 @@ def _shot(page: object, name: str, height: int = 2400) -> None:
     SCREENSHOTS.append(path)
 
 
-def _idle(page: object) -> None:
-    """Wait until the script run finished (Streamlit shows a 'Running' status widget meanwhile)."""
-    page.wait_for_timeout(300)  # type: ignore[attr-defined]
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=SLOW)  # type: ignore[attr-defined]
+def _finished_runs(page: object) -> int:
+    """How many script runs the app says it finished in this session (0 before the first)."""
+    return int(page.evaluate(_FINISHED_RUNS))  # type: ignore[attr-defined]
+
+
+def _until_run_finished(page: object, since: int) -> None:
+    """Wait until the app reports a script run finished after `since` and none is running now."""
+    page.wait_for_function(_RUN_FINISHED_SINCE, arg=since, timeout=HANG_GUARD)  # type: ignore[attr-defined]
 
 
 def _select(page: object, label: str, option: str) -> None:
     """Pick a selectbox option by typing part of it (opening the list by a click alone is flaky)."""
     box = page.get_by_role("combobox", name=label)  # type: ignore[attr-defined]
+    if box.input_value() == option:
+        return  # already chosen: no rerun would follow
+    since = _finished_runs(page)
     box.click()
     box.fill(option[:40])
     page.get_by_role("option").filter(has_text=option).click()  # type: ignore[attr-defined]
-    _idle(page)
+    _until_run_finished(page, since)
 
 
 def _go(page: object, title: str) -> None:
+    since = _finished_runs(page)
     page.get_by_role("link", name=title).click()  # type: ignore[attr-defined]
+    _until_run_finished(page, since)
     page.get_by_role("heading", name=title).first.wait_for()  # type: ignore[attr-defined]
-    _idle(page)
 
 
 def _set_number(page: object, label: str, value: int) -> None:
-    """Type a value into a number input and let the script rerun."""
+    """Type a value into a number input and wait for the script run it causes."""
     box = page.get_by_role("spinbutton", name=label)  # type: ignore[attr-defined]
+    if box.input_value() == str(value):
+        return  # unchanged: Streamlit does not rerun
+    since = _finished_runs(page)
     box.fill(str(value))
     box.press("Enter")
-    _idle(page)
+    _until_run_finished(page, since)
 
 
-def _timed_click(page: object, button: str, until: str, timeout: int = SLOW) -> float:
-    """Seconds from clicking `button` until `until` shows and the script run finished."""
+def _click(page: object, button: str) -> None:
+    """Click a button and wait for the script run it causes to finish."""
+    since = _finished_runs(page)
+    page.get_by_role("button", name=button).click()  # type: ignore[attr-defined]
+    _until_run_finished(page, since)
+
+
+def _timed_click(page: object, button: str, until: str) -> float:
+    """Seconds from clicking `button` until `until` shows and the script run finished (a record for
+    timings.txt, never a pass/fail bound). For a background job the page polls until it shows."""
     from playwright.sync_api import expect
 
     start = time.perf_counter()
-    page.get_by_role("button", name=button).click()  # type: ignore[attr-defined]
-    expect(page.get_by_text(until)).to_be_visible(timeout=timeout)  # type: ignore[attr-defined]
-    _idle(page)
+    _click(page, button)
+    expect(page.get_by_text(until)).to_be_visible(timeout=HANG_GUARD)  # type: ignore[attr-defined]
     return time.perf_counter() - start
 
 
@@ -190,19 +216,19 @@ def test_workbench_flow(browser_page: object, server: str) -> None:
     from playwright.sync_api import expect
 
     page = browser_page
+    expect.set_options(timeout=HANG_GUARD)  # the conditions below wait on the app, which may be busy
     timings: dict[str, float] = {}
 
     # 1. Model & data: the bundled model loads, the demo set, pick an example, see the exact prompt
     start = time.perf_counter()
     page.goto(server)
-    expect(page.get_by_text("context 8192 tokens")).to_be_visible(timeout=SLOW)
+    _until_run_finished(page, 0)
+    expect(page.get_by_text("context 8192 tokens")).to_be_visible()
     expect(page.get_by_text("SmolLM2-135M-Instruct (LlamaForCausalLM, 30 layers x 1536 neurons)")).to_be_visible()
     timings["model load"] = time.perf_counter() - start
-    page.get_by_role("button", name="Load the demo set").click()
-    _idle(page)
+    _click(page, "Load the demo set")
     expect(page.get_by_text("demo set · 42 examples")).to_be_visible()
     _select(page, "Example", "What is the capital city of Australia?")
-    _idle(page)
     prompt = page.locator('[data-testid="stCode"]').first
     expect(prompt).to_contain_text("Question: What is the capital city of Australia?")
     expect(page.get_by_text("of 8192 context tokens")).to_be_visible()
@@ -212,7 +238,6 @@ def test_workbench_flow(browser_page: object, server: str) -> None:
     _go(page, "Explore one example")
     _set_number(page, "IG steps (m)", 4)
     timings["IG, both views"] = _timed_click(page, "Run IG (m = 4)", "Answers and gold log-probabilities")
-    assert timings["IG, both views"] < IG_BUDGET_S, timings
     text = _main_text(page)
     assert "Showing the IG result" in text and "completeness gap" in text
     assert "irrelevant-exclusive" in text and "Top neurons" in text
@@ -230,12 +255,13 @@ def test_workbench_flow(browser_page: object, server: str) -> None:
     summary = page.get_by_text("neurons in").first.inner_text()
     assert "irrelevant-exclusive of" in _main_text(page), summary
     start = time.perf_counter()
+    since = _finished_runs(page)
     page.get_by_role("button", name="Run what-if").click()
-    page.get_by_text("After:").first.wait_for(state="visible", timeout=SLOW)  # the noisy view, drawn first
+    page.get_by_text("After:").first.wait_for(state="visible")  # the noisy view, drawn first
     # (wait_for watches the page as it changes; expect() re-checks at 0.1-1 s intervals)
     timings["what-if, first (noisy) view on screen"] = time.perf_counter() - start
-    expect(page.get_by_text("Answered in")).to_be_visible(timeout=SLOW)
-    _idle(page)
+    expect(page.get_by_text("Answered in")).to_be_visible()
+    _until_run_finished(page, since)
     timings["what-if, all 3 views"] = time.perf_counter() - start
     computed = re.search(r"Answered in ([\d.]+) s \(the noisy view, shown first, in ([\d.]+) s\)", _main_text(page))
     assert computed, _main_text(page)
@@ -246,8 +272,8 @@ def test_workbench_flow(browser_page: object, server: str) -> None:
     assert "noisy view" in text and "irrelevant view" in text
     _set_number(page, "Examples (from the start of the dataset)", 2)
     timings["batch of 2, 3 views, base + masked + control"] = _timed_click(
-        page, "Run the batch (2 examples)", "Accuracy without the mask, with it, and with a random mask", 2 * SLOW)
-    page.get_by_role("button", name="Save the mask").click()
+        page, "Run the batch (2 examples)", "Accuracy without the mask, with it, and with a random mask")
+    _click(page, "Save the mask")
     expect(page.get_by_text("Saved mask")).to_be_visible()
     _shot(page, "3-ablate", 3000)
 
@@ -272,20 +298,20 @@ def test_workbench_flow(browser_page: object, server: str) -> None:
 
     # 5. Mine: a small sample as a background job; the page polls it and shows the sets when done
     _go(page, "Mine a dataset")
+    since = _finished_runs(page)
     page.get_by_text("a random sample").click()
-    _idle(page)
+    _until_run_finished(page, since)
     _set_number(page, "Sample size", 3)
     _set_number(page, "IG steps (m)", 2)
     timings["mining job, 3 examples, m = 2"] = _timed_click(
-        page, "Start mining job (3 examples)", "Set sizes per layer", 240_000)
+        page, "Start mining job (3 examples)", "Set sizes per layer")
     text = _main_text(page)
     assert "3 examples on SmolLM2-135M-Instruct" in text, text[-2000:]
     assert "Stability" in text or page.get_by_text("Stability").count()
     _shot(page, "5-mine", 2600)
 
     _go(page, "Train")
-    expect(page.get_by_role("button", name="Start training")).to_be_visible(timeout=60_000)
-    _idle(page)
+    expect(page.get_by_role("button", name="Start training")).to_be_visible()
     _shot(page, "6-train", 1800)
 
     (OUT / "timings.txt").write_text("".join(f"{k}: {v:.2f} s\n" for k, v in timings.items()))

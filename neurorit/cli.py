@@ -34,13 +34,13 @@ class UsageError(NeuroritError):
     """Bad command-line input."""
 
 
-def _int_list(text: str | None) -> tuple[int, ...] | None:
-    """A flag's '0,2,5-7' as integers; None when the flag is absent."""
+def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+    """A flag's '0,2,5-7' as integers; None when the flag is absent. A refusal names `flag`."""
     from neurorit.configs import parse_int_ranges
 
     if text is None or text == "":
         return None
-    return parse_int_ranges(text, name="list")
+    return parse_int_ranges(text, name=flag)
 
 
 def _str_list(text: str | None) -> tuple[str, ...] | None:
@@ -94,7 +94,30 @@ def _progress_adapter(job_id: str | None, quiet: bool) -> tuple[Callable[[int, i
     return on_progress, close
 
 
-CONFIG_KEYS = ("model", "data", "format", "limit", "add_distractors", "mining", "selection", "prompt", "eval")
+CONFIG_KEYS = ("model", "data", "format", "limit", "offset", "add_distractors", "mining", "selection", "prompt",
+               "eval")
+COUNTS = {"limit": (1, "the first N examples"), "offset": (0, "the examples skipped first"),
+          "add_distractors": (0, "irrelevant passages added to each example")}
+"""Top-level counts of the config file (and their flags): the least value allowed, what they count."""
+
+
+def _count(value: Any, key: str, shown: str) -> int:
+    """A count (COUNTS) from a flag or the config file as an int, or ConfigError naming `shown` and the value.
+
+    "3" is read as 3; a bool, "abc" or a value below the least (a negative --limit would silently
+    count from the end) is refused.
+    """
+    from neurorit.configs import coerce_value
+
+    least, meaning = COUNTS[key]
+    try:
+        number = coerce_value("config", key, value, int)
+    except ConfigError:
+        number = None
+    if number is None or number < least:
+        why = "; a negative count is never taken from the end" if number is not None and number < 0 else ""
+        raise ConfigError(f"{shown} is not allowed; expected an integer >= {least} ({meaning}){why}.")
+    return number
 
 
 def _load_config_file(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,7 +127,24 @@ def _load_config_file(args: argparse.Namespace) -> dict[str, Any]:
     unknown = sorted(set(file_cfg) - set(CONFIG_KEYS))
     if unknown:
         raise ConfigError(f"config file {args.config}: unknown key(s) {unknown}; known keys are {list(CONFIG_KEYS)}.")
+    for key in ("model", "data", "format"):
+        value = file_cfg.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"config file {args.config}: {key} = {value!r} is not allowed; expected a non-empty "
+                              "string.")
+    for key in COUNTS:
+        if file_cfg.get(key) is not None:
+            file_cfg[key] = _count(file_cfg[key], key, f"config file {args.config}: {key} = {file_cfg[key]!r}")
     return file_cfg
+
+
+def _selection(args: argparse.Namespace, file_cfg: dict[str, Any]) -> dict[str, int | None]:
+    """offset, limit and add_distractors from the flags, else the config file; each checked (COUNTS)."""
+    out: dict[str, int | None] = {}
+    for key in COUNTS:
+        flag = getattr(args, key, None)
+        out[key] = _count(flag, key, f"--{key.replace('_', '-')} {flag}") if flag is not None else file_cfg.get(key)
+    return out
 
 
 def _section(file_cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -130,24 +170,26 @@ def _model(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
 
 
 def _examples(args: argparse.Namespace, file_cfg: dict[str, Any]) -> list[Any]:
-    from neurorit.data import demo_examples, load_examples
+    from neurorit.data import demo_examples, load_examples, require_unique_ids
     from neurorit.prompts import add_distractors
 
+    chosen = _selection(args, file_cfg)
     data = args.data or file_cfg.get("data") or "demo"
     if data == "demo":
         examples = demo_examples()
-    else:
-        examples = load_examples(data, args.format or file_cfg.get("format"), limit=None)
-    if args.offset:
-        examples = examples[args.offset :]
-    limit = args.limit if args.limit is not None else file_cfg.get("limit")
+    else:  # an empty file is refused here, naming it
+        examples = load_examples(data, args.format or file_cfg.get("format"), limit=None, format_flag="--format")
+    n_all, offset, limit = len(examples), chosen["offset"] or 0, chosen["limit"]
+    examples = examples[offset:]
     if limit is not None:
-        examples = examples[: int(limit)]
-    n_add = args.add_distractors if args.add_distractors is not None else file_cfg.get("add_distractors")
+        examples = examples[:limit]
+    if not examples:  # only an offset past the end leaves none
+        raise UsageError(f"no examples selected from {data!r}: offset {offset} skips all {n_all} of its examples; "
+                         f"expected an offset below {n_all}.")
+    require_unique_ids(examples, str(data))  # as training does: results are keyed by example id
+    n_add = chosen["add_distractors"]
     if n_add:
-        examples = add_distractors(examples, int(n_add), seed=args.seed, hard=args.hard)
-    if not examples:
-        raise UsageError(f"no examples selected from {data!r} (check --limit / --offset).")
+        examples = add_distractors(examples, n_add, seed=args.seed, hard=args.hard)
     return examples
 
 
@@ -165,7 +207,7 @@ def _mining_config(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
     if baseline is None and "baseline" not in section and (args.positions or section.get("positions")) == "all":
         baseline = "zero"  # the only baseline defined for every position
     return _build(MiningConfig, file_cfg, "mining", {
-        "layers": _int_list(args.layers), "baseline": baseline, "positions": args.positions,
+        "layers": _int_list(args.layers, "--layers"), "baseline": baseline, "positions": args.positions,
         "target": args.target, "n_steps": args.n_steps, "quadrature": args.quadrature,
         "max_rows_per_pass": args.max_rows_per_pass,
     })
@@ -186,7 +228,7 @@ def _eval_config(args: argparse.Namespace, file_cfg: dict[str, Any], prompt_conf
 
     data = _section(file_cfg, "eval")
     data.pop("prompt", None)
-    overrides = {"views": _str_list(args.views), "noise_levels": _int_list(args.noise_levels),
+    overrides = {"views": _str_list(args.views), "noise_levels": _int_list(args.noise_levels, "--noise-levels"),
                  "max_new_tokens": args.max_new_tokens}
     data.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("views", "noise_levels"):
@@ -296,8 +338,10 @@ def cmd_sets(args: argparse.Namespace) -> int:
 def cmd_mask(args: argparse.Namespace) -> int:
     from neurorit.masks import NeuronMask, random_like
     from neurorit.neurons import NeuronSet
-    from neurorit.store import artifact_dir
+    from neurorit.store import artifact_dir, check_folder_path
 
+    if args.out:
+        check_folder_path(Path(args.out))  # refuse a file before loading the model
     file_cfg = _load_config_file(args)
     model = _model(args, file_cfg)
     n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
@@ -383,8 +427,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from neurorit.masks import bake
+    from neurorit.masks import bake, check_export_target
 
+    check_export_target(Path(args.out), overwrite=args.overwrite)  # before loading the model
     file_cfg = _load_config_file(args)
     model = _model(args, file_cfg)
     mask = _load_mask(args.mask, model, not args.loose)
@@ -397,7 +442,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from neurorit import jobs
 
+    if args.action == "repair":
+        from neurorit.job_recovery import repair_job_table
+
+        repair = repair_job_table()
+        print(repair.summary())
+        for job in repair.jobs:
+            print(f"{job.id}  {job.state:<9}  {job.done}/{job.total}  {(job.error or job.message)[:60]}")
+        return 0
     if args.action == "list":
+        if args.limit < 1:  # SQLite reads a negative LIMIT as "no limit"
+            raise UsageError(f"--limit {args.limit} is not allowed; expected an integer >= 1 (the newest N jobs).")
         for job in jobs.list_jobs(limit=args.limit):
             print(f"{job.id}  {job.state:<9}  {job.done}/{job.total}  {job.message[:50]}")
         return 0
@@ -422,8 +477,8 @@ def _train_config(args: argparse.Namespace) -> Any:
     data = load_yaml(args.config) if args.config else {}
     overrides = {
         "method": args.method, "model": args.model, "device": args.device, "data": args.data, "format": args.format,
-        "limit": args.limit, "mined": args.mined, "mask": args.mask, "target_layers": _int_list(args.target_layers),
-        "n_distractors": _int_list(args.n_distractors), "max_steps": args.max_steps, "batch_size": args.batch_size,
+        "limit": args.limit, "mined": args.mined, "mask": args.mask, "target_layers": _int_list(args.target_layers, "--target-layers"),
+        "n_distractors": _int_list(args.n_distractors, "--n-distractors"), "max_steps": args.max_steps, "batch_size": args.batch_size,
         "grad_accum": args.grad_accum, "lr": args.lr, "seed": args.train_seed, "stage2_loss": args.stage2_loss,
         "checkpoint_every": args.checkpoint_every, "n_eval": args.n_eval, "threads": args.threads,
         "max_prompt_tokens": args.max_prompt_tokens,
@@ -434,7 +489,7 @@ def _train_config(args: argparse.Namespace) -> Any:
     if args.noise_levels is not None or args.views is not None:
         eval_cfg = dict(data.get("eval") or {})
         if args.noise_levels is not None:
-            eval_cfg["noise_levels"] = list(_int_list(args.noise_levels) or ())
+            eval_cfg["noise_levels"] = list(_int_list(args.noise_levels, "--noise-levels") or ())
         if args.views is not None:
             eval_cfg["views"] = list(_str_list(args.views) or ())
         data["eval"] = eval_cfg
@@ -519,8 +574,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
         JobReporter(args.job_id).artifact("run", args.run_dir)
     on_progress, close = _progress_adapter(args.job_id if main else None, args.quiet)
+
+    def on_resume(point: Any) -> None:
+        if point.unreadable:  # fell back past unreadable checkpoints: say so
+            print(f"{args.run_dir}: {point.describe()}", flush=True)
+
     try:
-        report = resume(Path(args.run_dir), job_id=args.job_id, on_progress=on_progress)
+        report = resume(Path(args.run_dir), job_id=args.job_id, on_progress=on_progress, on_resume=on_resume)
     finally:
         close()
     if main:
@@ -529,9 +589,98 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    """Run a study file's grid (resumable), then print the pooled summary and where the outputs are."""
+    from neurorit.study import StudySpec, default_study_dir, run_study, study_status
+
+    spec = StudySpec.from_yaml(args.spec)
+    out = Path(args.out) if args.out else default_study_dir(spec)
+    if args.plan:
+        print(study_status(spec, out)[["cell_id", "dataset", "noise", "seed", "method", "mining_size", "recipe",
+                                       "state"]].to_string(index=False))
+        return 0
+    if args.job_id:
+        from neurorit.jobs import JobReporter
+
+        JobReporter(args.job_id).artifact("study", out)
+    on_progress, close = _progress_adapter(args.job_id, args.quiet)
+    try:
+        result = run_study(spec, out, resume=args.resume, on_progress=on_progress)
+    finally:
+        close()
+    if not result.summary.empty:
+        columns = ["method", "mining_size", "recipe", "n_distractors", "n_seeds", "n", "accuracy", "accuracy_low",
+                   "accuracy_high"]
+        for (dataset, noise), part in result.summary.groupby(["dataset", "noise"], sort=False):
+            print(f"{Path(dataset).name}, {noise} noise (accuracy, seeds pooled, 95 % bootstrap interval):")
+            print(part[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"{result.n_done} of {result.n_cells} cells done; table {out / 'results.csv'}, report {out / 'report.md'}, "
+          f"figure {out / 'accuracy_vs_distractors.html'}")
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    """Rank a corpus's passages for a question, or write a data file with retrieved noise."""
+    from neurorit.data import load_examples, save_examples
+    from neurorit.retrieval import (
+        build_retriever, counterfactual_passages, load_corpus, make_noisy_examples, mentions_answer,
+        retriever_config,
+    )
+
+    if (args.question is None) == (args.data is None):
+        raise UsageError("give either --question (rank passages) or --data with --out (write a noisy data file).")
+    if args.data is not None and not args.out:
+        raise UsageError("--data needs --out FILE.jsonl: where to write the noisy examples.")
+    config = retriever_config(args.retriever, dense_model=args.dense_model, splade_model=args.splade_model,
+                              rrf_k=args.rrf_k)
+    on_progress, close = _progress_adapter(args.job_id, args.quiet)
+    try:
+        if args.question is not None:
+            corpus = load_corpus(args.corpus or ["wiki"])
+            retriever = build_retriever(corpus, config, on_progress=on_progress)
+            hits = retriever.search([args.question], args.k)[0]
+            close()
+            print(f"{retriever.name} over {corpus.name} ({len(corpus)} passages), top {len(hits)}:")
+            for rank, (j, score) in enumerate(hits, start=1):
+                flag = ""
+                if args.answers:
+                    flag = "relevant   " if mentions_answer(corpus.titles[j], corpus.texts[j], args.answers) \
+                        else "irrelevant "
+                text = " ".join(corpus.texts[j].split())
+                print(f"{rank:>3}  {score:9.4f}  {flag}{corpus.ids[j]}  {corpus.titles[j]}: {text[:200]}")
+            return 0
+        examples = load_examples(args.data, args.format, limit=args.limit)
+        corpus = retriever = counterfactuals = None
+        if args.noise == "counterfactual":
+            counterfactuals = counterfactual_passages(args.data)
+        else:
+            corpus = load_corpus(args.corpus or [args.data, "wiki"])
+            if args.noise == "hard":
+                retriever = build_retriever(corpus, config, on_progress=on_progress)
+        noisy = make_noisy_examples(
+            examples, corpus, retriever, kind=args.noise, n_distractors=args.n_distractors, position=args.position,
+            seed=args.seed, counterfactuals=counterfactuals,
+        )
+    finally:
+        close()
+    save_examples(args.out, noisy)
+    short = sum(e.provenance["n_found"] < args.n_distractors for e in noisy)
+    print(f"wrote {len(noisy)} examples with {args.n_distractors} {args.noise} distractors each "
+          f"({args.position} relevant passage, seed {args.seed}) to {args.out}"
+          + (f"; {short} got fewer" if short else ""))
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from neurorit import jobs
 
+    if args.rest and args.rest[0] == "study":  # a study file, checked now, run as one job
+        from neurorit.study import submit_study
+
+        inner = build_parser().parse_args(list(args.rest))
+        job, folder = submit_study(Path(inner.spec), Path(inner.out) if inner.out else None)
+        print(f"submitted {job.id} ({job.state}) for {folder}; follow it with `neurorit jobs show {job.id}`")
+        return 0
     if not args.rest or args.rest[0] not in ("mine", "evaluate", "ablate", "train", "resume"):
         raise UsageError("`neurorit submit` runs `mine`, `evaluate`, `ablate`, `train` or `resume` as a background job, e.g. "
                          "`neurorit submit mine --data demo`.")
@@ -541,6 +690,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             _train_config(inner)
         elif not (Path(inner.run_dir) / "config.json").is_file():
             raise UsageError(f"{inner.run_dir} holds no training run to resume (config.json is missing).")
+    else:  # refuse a bad config file or a negative --limit / --offset now, not in a failed job
+        inner = build_parser().parse_args(list(args.rest))
+        _selection(inner, _load_config_file(inner))
     job = jobs.submit(args.rest[0], list(args.rest))
     print(f"submitted {job.id} ({job.state}); follow it with `neurorit jobs show {job.id}`")
     return 0
@@ -561,7 +713,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="dataset format (default: detected); one of neurorit, flashrag, "
                    "nq-open-oracle, popqa, retrievalqa, rgb")
     p.add_argument("--limit", type=int, help="use the first N examples")
-    p.add_argument("--offset", type=int, default=0, help="skip the first N examples")
+    p.add_argument("--offset", type=int, help="skip the first N examples (default 0)")
     p.add_argument("--add-distractors", type=int, help="give each example N irrelevant passages from other examples")
     p.add_argument("--hard", action="store_true", help="with --add-distractors: the BM25-closest passages")
     p.add_argument("--n-distractors", type=int, help="irrelevant passages in noisy / irrelevant prompts (default 4)")
@@ -599,7 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preview", action="store_true", help="one-gradient (AtP) estimate instead of IG")
     g.add_argument("--no-cache", action="store_true", help="recompute scores even when cached")
     g = p.add_argument_group("selection")
-    g.add_argument("--mode", choices=["relative", "top_k"])
+    g.add_argument("--mode", choices=["relative", "top_k", "count"],
+                   help="count: each example's top per_example neurons, the keep most frequent kept (both under selection: in --config)")
     g.add_argument("--threshold", type=float, help="relative threshold (default 0.2)")
     g.add_argument("--top-k", type=int)
     g.add_argument("--support", type=float, help="fraction of examples that must select a neuron (default 0.5)")
@@ -645,12 +798,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p), _add_model_args(p)
     p.add_argument("--mask", required=True)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier neurorit export in --out (never deletes any other folder)")
     p.add_argument("--loose", action="store_true")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("jobs", help="list, show, wait for or cancel background jobs")
-    p.add_argument("action", choices=["list", "show", "wait", "cancel"])
+    p = sub.add_parser("jobs", help="list, show, wait for or cancel background jobs; repair a corrupt job table")
+    p.add_argument("action", choices=["list", "show", "wait", "cancel", "repair"],
+                   help="repair: when cache/jobs.sqlite is corrupt, keep it aside as jobs.sqlite.corrupt-<time> and "
+                        "rebuild the table from the job logs and run folders on disk (a readable table is left as it is)")
     p.add_argument("job", nargs="?")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--timeout", type=float, default=3600)
@@ -692,6 +848,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--job-id", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("study", help="run a study file: a grid of datasets x noise x methods x seeds, with "
+                       "bootstrap intervals and paired tests (see neurorit.study)")
+    p.add_argument("spec", help="a study YAML file (see studies/)")
+    p.add_argument("--out", help="study folder (default cache/studies/<name>-<spec hash>)")
+    p.add_argument("--resume", action="store_true", help="continue the study in --out: finished cells are skipped")
+    p.add_argument("--plan", action="store_true", help="list the grid's cells and their state, run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--job-id", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("retrieve", help="rank corpus passages for a question (BM25, dense, SPLADE, hybrid), or "
+                       "write a data file with retrieved noise (see neurorit.retrieval)")
+    p.add_argument("--corpus", action="append", help="'wiki' (Wikipedia summaries), 'demo', a corpus file "
+                   "({id, contents} or {id, title, text} lines) or a dataset file; repeat to combine "
+                   "(default: wiki; with --data: the data file's passages + wiki)")
+    p.add_argument("--retriever", default="bm25", help="bm25 (default), dense, splade, hybrid (= bm25+dense) or a "
+                   "fusion such as bm25+dense+splade")
+    p.add_argument("--dense-model", help="a local sentence-embedding model folder (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--splade-model", help="a local SPLADE model folder or cached HF id (default: bundled SPLADE-tiny)")
+    p.add_argument("--rrf-k", type=int, default=60, help="reciprocal-rank fusion constant (default 60)")
+    p.add_argument("--question", help="rank passages for this question")
+    p.add_argument("--k", type=int, default=5, help="how many passages to show (default 5)")
+    p.add_argument("--answers", nargs="+", help="gold answers: flag each passage relevant / irrelevant")
+    p.add_argument("--data", help="a dataset file whose examples get retrieved noise (with --out)")
+    p.add_argument("--format", help="dataset format (default: detected)")
+    p.add_argument("--limit", type=int, help="use the first N examples")
+    p.add_argument("--noise", default="hard", choices=("hard", "random", "counterfactual"),
+                   help="hard: top-ranked passages without a gold alias (default); random; counterfactual: RGB's "
+                   "positive_wrong")
+    p.add_argument("--n-distractors", type=int, default=4, help="distractors per example (default 4)")
+    p.add_argument("--position", default="shuffled", choices=("first", "middle", "last", "shuffled"),
+                   help="where the relevant passage goes (default shuffled)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random draws and shuffles (default 0)")
+    p.add_argument("--out", help="the noisy data file to write (neurorit JSON lines, readable by --data)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--job-id", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_retrieve)
 
     p = sub.add_parser("submit", help="run mine / evaluate / ablate / train / resume as a background job")
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="COMMAND ...",

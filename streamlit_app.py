@@ -32,6 +32,7 @@ PAGES = {
         st.Page(str(ROOT / "pages" / "ablate.py"), title="Ablate (what-if)", icon=":material/content_cut:", url_path="ablate"),
         st.Page(str(ROOT / "pages" / "masks.py"), title="Masks", icon=":material/masks:", url_path="masks"),
         st.Page(str(ROOT / "pages" / "train.py"), title="Train", icon=":material/model_training:", url_path="train"),
+        st.Page(str(ROOT / "pages" / "studies.py"), title="Studies", icon=":material/query_stats:", url_path="studies"),
     ],
 }
 

@@ -22,7 +22,7 @@ from neurorit.configs import stable_hash
 from neurorit.data import RagExample, examples_fingerprint
 from neurorit.errors import ArtifactError, DataError, ModelMismatchError
 from neurorit.models import ModelIdentity, model_identity
-from neurorit.neurons import NeuronSet, SelectionRule, select_example, selection_frequency
+from neurorit.neurons import NeuronSet, SelectionRule, aggregate_selection, select_example, selection_frequency
 from neurorit.prompts import Prompt, PromptConfig, build_prompt
 from neurorit.types import NeuronGrid, ProgressFn, no_progress
 
@@ -182,11 +182,12 @@ def reselect(
     grids = {view: [s.scores for s in scores[view]] for view in MINED_VIEWS}
     freq = {view: selection_frequency(grids[view], rule) for view in MINED_VIEWS}
     ids = tuple(s.example_id for s in scores["relevant"])
+    mean = {view: torch.stack(grids[view]).mean(0) for view in MINED_VIEWS}
     return MinedNeurons(
-        relevant=NeuronSet(freq["relevant"] >= rule.support - 1e-9, "relevant"),
-        irrelevant=NeuronSet(freq["irrelevant"] >= rule.support - 1e-9, "irrelevant"),
+        relevant=NeuronSet(aggregate_selection(freq["relevant"], mean["relevant"], rule), "relevant"),
+        irrelevant=NeuronSet(aggregate_selection(freq["irrelevant"], mean["irrelevant"], rule), "irrelevant"),
         relevant_frequency=freq["relevant"], irrelevant_frequency=freq["irrelevant"],
-        relevant_mean=torch.stack(grids["relevant"]).mean(0), irrelevant_mean=torch.stack(grids["irrelevant"]).mean(0),
+        relevant_mean=mean["relevant"], irrelevant_mean=mean["irrelevant"],
         example_ids=ids, model=model, provenance={**provenance, "selection": rule.to_dict()},
     )
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Literal, Sequence
 import torch
 
 from neurorit import store
-from neurorit.configs import from_dict, to_dict
+from neurorit.configs import coerce_fields, from_dict, to_dict
 from neurorit.errors import ArtifactError, ConfigError, ModelMismatchError
 from neurorit.types import NeuronGrid, NeuronMaskGrid
 
@@ -94,7 +94,8 @@ class NeuronSet:
         return NeuronSet(self.grid, label)
 
 
-SelectionMode = Literal["relative", "top_k"]
+SelectionMode = Literal["relative", "top_k", "count"]
+SELECTION_MODES = ("relative", "top_k", "count")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +105,10 @@ class SelectionRule:
     mode "relative": keep neurons with score >= threshold x the example's maximum score
     (Knowledge Neurons / IRCAN use 0.2). mode "top_k": keep the k highest-scoring neurons.
     support: keep neurons selected in at least this fraction of the examples (METHOD.md: 0.5).
+    mode "count" (the recipe of the authors' lab, IRCAN / SCoNE code): each example selects its
+    `per_example` highest neurons with a positive score; across examples keep the `keep` (h)
+    neurons selected most often (ties: the higher mean score, then the lower layer and index);
+    `support` is not used.
     """
 
     mode: SelectionMode = "relative"  # METHOD.md default
@@ -112,10 +117,17 @@ class SelectionRule:
     support: float = 0.5  # METHOD.md: selected in >= half of the examples
     use_abs: bool = False  # rank by |score| instead of signed score
     scope: Literal["example", "layer"] = "example"  # relative threshold / top-k over the whole example or per layer
+    per_example: int = 50  # mode count: SCoNE's top 50 by positive attribution per example
+    keep: int = 20  # mode count: h most frequent; IRCAN sweeps h 1-16, 20 keeps set sizes near the relative rule's
 
     def __post_init__(self) -> None:
-        if self.mode not in ("relative", "top_k"):
-            raise ConfigError.field("SelectionRule", "mode", self.mode, "'relative' or 'top_k'")
+        coerce_fields(self)  # YAML's `threshold: 2e-1` (a string) -> 0.2; a bool is not a number
+        if self.mode not in SELECTION_MODES:
+            raise ConfigError.field("SelectionRule", "mode", self.mode, "'relative', 'top_k' or 'count'")
+        for name in ("per_example", "keep"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError.field("SelectionRule", name, value, "an integer >= 1")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError.field("SelectionRule", "threshold", self.threshold, "a number in (0, 1]")
         if self.top_k < 1:
@@ -126,7 +138,10 @@ class SelectionRule:
             raise ConfigError.field("SelectionRule", "support", self.support, "a fraction in (0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        out = to_dict(self)
+        if self.mode != "count" and (self.per_example, self.keep) == (50, 20):
+            del out["per_example"], out["keep"]  # unused: rules (and mined cache keys) from before "count" stay the same
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SelectionRule":
@@ -146,8 +161,8 @@ def select_example(scores: NeuronGrid, rule: SelectionRule) -> NeuronMaskGrid:
 
 
 def _select(values: NeuronGrid, rule: SelectionRule) -> NeuronMaskGrid:
-    if rule.mode == "top_k":
-        k = min(rule.top_k, values.numel())
+    if rule.mode in ("top_k", "count"):
+        k = min(rule.top_k if rule.mode == "top_k" else rule.per_example, values.numel())
         flat = torch.zeros(values.numel(), dtype=torch.bool)
         flat[values.reshape(-1).topk(k).indices] = True
         return flat.view_as(values) & (values > 0)
@@ -165,7 +180,26 @@ def selection_frequency(grids: Sequence[NeuronGrid], rule: SelectionRule) -> Neu
     return stacked.float().mean(dim=0)
 
 
+def aggregate_selection(freq: NeuronGrid, mean_scores: NeuronGrid, rule: SelectionRule) -> NeuronMaskGrid:
+    """The neurons kept from per-neuron selection frequencies (and mean scores, for mode count's ties).
+
+    Modes relative / top_k: frequency >= support. Mode count: the `keep` most frequent neurons
+    (selected at least once), ties broken by the higher mean score, then the lower flat index.
+    """
+    if rule.mode != "count":
+        return freq >= rule.support - 1e-9
+    flat_freq = freq.reshape(-1)
+    order = torch.argsort(-mean_scores.reshape(-1).float(), stable=True)  # ties of the score: lower index first
+    order = order[torch.argsort(-flat_freq[order], stable=True)]  # most frequent first
+    chosen = order[: rule.keep]
+    chosen = chosen[flat_freq[chosen] > 0]
+    flat = torch.zeros(flat_freq.numel(), dtype=torch.bool)
+    flat[chosen] = True
+    return flat.view_as(freq)
+
+
 def select_neurons(grids: Sequence[NeuronGrid], rule: SelectionRule, label: str = "") -> NeuronSet:
-    """Neurons selected in at least `rule.support` of the examples."""
+    """Neurons selected in at least `rule.support` of the examples (mode count: the `keep` most often)."""
     freq = selection_frequency(grids, rule)
-    return NeuronSet(freq >= rule.support - 1e-9, label)
+    mean = torch.stack([g.float().cpu() for g in grids]).mean(dim=0)
+    return NeuronSet(aggregate_selection(freq, mean, rule), label)

@@ -51,15 +51,20 @@ from neurorit.types import ProgressFn, no_progress
 log = logging.getLogger(__name__)
 
 STUDY_METHODS = (
-    "ralm", "neuro_rit", "neuro_rit_stage1", "neuro_rit_stage2", "random_mask", "lora", "retrobust", "full",
+    "ralm", "neuro_rit", "neuro_rit_stage1", "neuro_rit_stage2", "random_mask", "random_mask_stage1", "lora",
+    "retrobust", "full",
 )
 """ralm: the untouched model. neuro_rit: both stages (mask + tuning of the target layers).
 neuro_rit_stage1: the mined mask only, no tuning. neuro_rit_stage2: the target layers tuned with
 the same step budget, no mask. random_mask: neuro_rit with a random mask of the same per-layer
-counts (the control). lora, retrobust, full: the fine-tuning baselines of neurorit.training."""
-MINED_METHODS = ("neuro_rit", "neuro_rit_stage1", "neuro_rit_stage2", "random_mask")
+counts (the control). random_mask_stage1: that random mask only, no tuning (the control of
+neuro_rit_stage1). lora, retrobust, full: the fine-tuning baselines of neurorit.training."""
+MINED_METHODS = ("neuro_rit", "neuro_rit_stage1", "neuro_rit_stage2", "random_mask", "random_mask_stage1")
 TRAINED_METHODS = ("neuro_rit", "neuro_rit_stage2", "random_mask", "lora", "retrobust", "full")
+MASK_ONLY_METHODS = ("neuro_rit_stage1", "random_mask_stage1")  # evaluated with a mask, never trained
 REFERENCES = ("ralm", "random_mask")  # every method is compared with these on the same questions
+# The random-mask control of a method: the trained control, or for a mask-only method the mask-only one.
+CONTROLS = {"neuro_rit_stage1": "random_mask_stage1"}
 
 BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
     # METHOD.md's rule: score >= 0.2 x the example's max, kept when >= half of the examples agree
@@ -554,7 +559,8 @@ def mined_sets(spec: StudySpec, study_dir: Path, cell: Cell, models: _Models,
 
 def train_config(spec: StudySpec, cell: Cell, data: Path, mined: Path | None, mask: Path | None = None) -> Any:
     """The TrainConfig of a cell (for neuro_rit_stage1 and ralm: the split and evaluation only)."""
-    method = {"neuro_rit_stage1": "neuro_rit", "neuro_rit_stage2": "neuro_rit"}.get(cell.method, cell.method)
+    method = {"neuro_rit_stage1": "neuro_rit", "neuro_rit_stage2": "neuro_rit",
+              "random_mask_stage1": "random_mask"}.get(cell.method, cell.method)
     return dataclasses.replace(
         spec.train_config_base(), method=method, model=spec.model, device=spec.device, dtype=spec.dtype,
         threads=spec.threads, data=str(data), format="neurorit", split_seed=spec.split_seed,
@@ -565,8 +571,9 @@ def train_config(spec: StudySpec, cell: Cell, data: Path, mined: Path | None, ma
 
 
 def _evaluate_untrained(config: Any, model: Any, with_mask: bool, on_progress: ProgressFn) -> Any:
-    """ralm (no mask) and neuro_rit_stage1 (the mined mask, no tuning) on the cell's test questions;
-    the untouched model (a mask is applied only inside the evaluation)."""
+    """ralm (no mask), neuro_rit_stage1 (the mined mask, no tuning) and random_mask_stage1 (its
+    random control, no tuning) on the cell's test questions; the untouched model (a mask is applied
+    only inside the evaluation)."""
     from neurorit.evaluation import evaluate
     from neurorit.training.data import prepare_data
     from neurorit.training.methods import mask_and_layers
@@ -623,7 +630,7 @@ def run_cell(spec: StudySpec, study_dir: Path, cell: Cell, models: _Models,
         if not spec.keep_checkpoints:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     else:
-        evaluation = _evaluate_untrained(config, models.get(), cell.method == "neuro_rit_stage1", on_progress)
+        evaluation = _evaluate_untrained(config, models.get(), cell.method in MASK_ONLY_METHODS, on_progress)
     if evaluation is None:
         raise ArtifactError(f"cell {cell_id} ({cell.label()}) finished without an evaluation; expected eval_after.")
     rows = [{"example_id": r.example_id, "n_distractors": r.n_distractors, "correct": bool(r.correct),
@@ -659,6 +666,11 @@ _KEYS = ["dataset", "noise", "seed", "method", "mining_size", "recipe"]
 def _reference_cell(spec: StudySpec, cell: Cell, reference: str) -> Cell | None:
     """The cell a method is compared with: same dataset, noise and seed (random_mask: same mined sets
     where the method has them, else the grid's first mining size and recipe)."""
+    if reference == "random_mask":
+        if cell.method.startswith("random_mask"):
+            return None  # a control is not compared with a control
+        if CONTROLS.get(cell.method) in spec.methods:  # the mask-only control where the study has it
+            reference = CONTROLS[cell.method]
     if cell.method == reference or reference not in spec.methods:
         return None
     if reference == "ralm":
@@ -808,7 +820,8 @@ def report_markdown(spec: StudySpec, table: pd.DataFrame, summary: pd.DataFrame,
         f"{', '.join(map(str, spec.seeds))}; up to {spec.n_test} test questions per dataset.", "",
         "Intervals are 95 % bootstrap intervals over test questions (BCa, "
         f"{spec.n_resamples} resamples, seeded). `vs_ralm_*` and `vs_random_mask_*` compare a cell with RALM and "
-        "with the random-mask control on the same questions (same dataset, noise, seed and number of distractors): "
+        "with the random-mask control on the same questions (same dataset, noise, seed and number of distractors; "
+        "for the mask-only neuro_rit_stage1 the control is the mask-only random_mask_stage1): "
         "`diff` is the mean accuracy difference with its paired bootstrap interval (`low`, `high`), `better` / "
         "`worse` the questions only this method / only the reference answered correctly, and `p` the exact "
         "McNemar p (binomial test of the discordant pairs).", "",

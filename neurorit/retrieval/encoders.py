@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from neurorit.errors import ConfigError, ModelLoadError
+from neurorit.types import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +133,19 @@ def length_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]
     order = sorted(range(len(texts)), key=lambda i: (-len(texts[i]), i))
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
+
+
+def tokenized_batches(
+    encoder: "TextEncoder", texts: Sequence[str], *, max_length: int, batch_size: int,
+    on_progress: ProgressFn = no_progress, message: str = "encoding",
+) -> Iterator[tuple[list[int], Any]]:
+    """(indices of the texts, their padded tokenization on the encoder's device) per length batch;
+    progress is reported after the caller has used each batch."""
+    done = 0
+    for batch in length_batches(texts, batch_size):
+        enc = encoder.tokenizer(
+            [texts[i] for i in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(encoder.device)
+        yield batch, enc
+        done += len(batch)
+        on_progress(done, len(texts), message)

@@ -22,7 +22,8 @@ from neurorit.data import Passage, RagExample
 from neurorit.errors import ConfigError, DataError
 from neurorit.metrics import contains_answer
 from neurorit.retrieval.base import Retriever
-from neurorit.retrieval.corpus import Corpus, json_lines
+from neurorit.data import read_json_lines
+from neurorit.retrieval.corpus import Corpus
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def counterfactual_passages(path: str | Path) -> dict[str, tuple[Passage, ...]]:
     Ids are the ones `neurorit.data.load_examples` gives RGB examples: `rgb-<id>`."""
     path = Path(path)
     out: dict[str, tuple[Passage, ...]] = {}
-    for index, (lineno, record) in enumerate(json_lines(path, "RGB file")):
+    for index, (lineno, record) in enumerate(read_json_lines(path, "RGB file")):
         if not isinstance(record, dict):
             raise DataError(f"{path} line {lineno}: expected an RGB record (a JSON object).")
         wrong = record.get("positive_wrong") or []

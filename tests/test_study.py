@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from neurorit.errors import ConfigError
+from neurorit.errors import ConfigError, DataError
 from neurorit.neurons import SelectionRule, select_neurons
 from neurorit.study import TIMING_COLUMNS, StudySpec, read_results, run_study, study_status
 from cli_harness import ok, reason
@@ -187,6 +187,28 @@ def test_noise_kinds_replace_the_irrelevant_passages_and_plug_in() -> None:
         assert all(not e.irrelevant_passages for e in apply_noise(examples, "none", 3, seed=0))
     finally:
         NOISE_KINDS.pop("none")
+
+
+def test_counterfactual_noise_reads_the_rgb_file_of_the_dataset(tmp_path: Path) -> None:
+    from neurorit.data import load_examples
+    from neurorit.study import apply_noise, noise_kinds
+
+    record = {"id": 7, "query": "Who won the 2022 prize?", "answer": ["Alice"], "positive": ["Alice won the 2022 prize."],
+              "negative": ["The prize is old."], "positive_wrong": ["Bob won the 2022 prize.", "Carol won it in 2022."]}
+    rgb = tmp_path / "rgb_en_fact.jsonl"
+    rgb.write_text(json.dumps(record) + "\n")
+    examples = load_examples(rgb)
+    (noisy,) = apply_noise(examples, "counterfactual", 2, seed=0, dataset=str(rgb))
+    assert [p.text for p in noisy.irrelevant_passages] == ["Bob won the 2022 prize.", "Carol won it in 2022."]
+    assert noisy.relevant_passages == examples[0].relevant_passages
+    assert {"counterfactual", "retrieved_dense_hard", "retrieved_splade_hard", "retrieved_hybrid_hard"} <= set(noise_kinds())
+    assert StudySpec(noise=("counterfactual", "retrieved_dense_hard")).noise == ("counterfactual", "retrieved_dense_hard")
+    with pytest.raises(ConfigError, match="dataset"):
+        apply_noise(examples, "counterfactual", 2, seed=0)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({**record, "positive_wrong": []}) + "\n")
+    with pytest.raises(DataError, match="positive_wrong"):
+        apply_noise(load_examples(plain), "counterfactual", 2, seed=0, dataset=str(plain))
 
 
 @pytest.mark.parametrize("change, field, words", [

@@ -335,6 +335,57 @@ def cmd_sets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from neurorit.compare import compare_paths, comparison_figure
+    from neurorit.store import write_text_atomic
+
+    html = Path(args.html) if args.html else None
+    if html is not None and html.is_dir():
+        raise UsageError(f"--html {html} is a folder; give a file name such as compare.html.")
+    result = compare_paths(args.a, args.b)
+    if html is not None:
+        page = comparison_figure(result, args.set).to_html(include_plotlyjs=True, full_html=True)  # offline: js inline
+        try:
+            write_text_atomic(html, page)
+        except OSError as exc:
+            raise UsageError(f"cannot write --html {html}: {exc}") from None
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    for side, folder, model, ids in (("A", result.a, result.model_a, result.example_ids_a),
+                                     ("B", result.b, result.model_b, result.example_ids_b)):
+        print(f"{side}: {folder} ({len(ids)} examples on {model['name']}, weights {model['fingerprint']})")
+    print(f"examples: {len(result.example_ids_a)} in A, {len(result.example_ids_b)} in B, {result.shared_examples} shared")
+    for note in result.notes:
+        print(f"warning: {note}")
+    def jac(j: float) -> str:
+        return "-" if j != j else f"{j:.3f}"  # NaN (neither side has neurons) -> '-'
+
+    header = f"{'A':>7}{'B':>7}{'both':>7}{'jaccard':>9}"
+    rows = result.table(args.set, nonempty=True)
+    print(f"{args.set} per layer (layers where A or B has neurons):")
+    print(f"layer{header}")
+    for r in rows.itertuples():
+        print(f"{r.layer:>5}{r.a:>7}{r.b:>7}{r.both:>7}{jac(r.jaccard):>9}")
+    totals = {t["set"]: t for t in result.totals().to_dict("records")}
+    t = totals[args.set]
+    print(f"total{t['a']:>7}{t['b']:>7}{t['both']:>7}{jac(t['jaccard']):>9}")
+    print("every set, whole grid:")
+    print(f"{'set':<21}{header}")
+    for name, t in totals.items():
+        print(f"{name:<21}{t['a']:>7}{t['b']:>7}{t['both']:>7}{jac(t['jaccard']):>9}")
+    s = result.shift_summary()
+    if s["n"]:
+        print(f"A's {s['n']} irrelevant-exclusive neurons, mean IG score under A -> B: irrelevant view "
+              f"{s['irrelevant_a']:.4g} -> {s['irrelevant_b']:.4g}, relevant view {s['relevant_a']:.4g} -> "
+              f"{s['relevant_b']:.4g}; {s['still_in_b']} still irrelevant-exclusive in B")
+    else:
+        print("A has no irrelevant-exclusive neurons: no attribution to compare.")
+    if html is not None:
+        print(f"figure: {html}")
+    return 0
+
+
 def cmd_mask(args: argparse.Namespace) -> int:
     from neurorit.masks import NeuronMask, random_like
     from neurorit.neurons import NeuronSet
@@ -766,6 +817,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", help=f"one of {', '.join(SET_NAMES)}")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sets)
+
+    p = sub.add_parser("compare", help="compare two mined results (checkpoints, retrievers, data): per-layer overlap, "
+                       "Jaccard, and A's irrelevant-exclusive neurons' attribution under A vs B")
+    p.add_argument("a", help="mined result A (the base): a mined folder or its mined.json")
+    p.add_argument("b", help="mined result B, of the same n_layers x d_mlp (e.g. mined on the trained checkpoint)")
+    p.add_argument("--set", default="irrelevant-exclusive", choices=SET_NAMES,
+                   help="the set of the per-layer table and the figure (default irrelevant-exclusive)")
+    p.add_argument("--json", action="store_true", help="print the whole comparison (every set and layer) as JSON")
+    p.add_argument("--html", metavar="FIG.html", help="also write the figure (bars per layer, attribution scatter)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("mask", help="make a neuron mask from a mined set, hand-picked neurons or a layer")
     _add_common(p), _add_model_args(p)

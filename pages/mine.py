@@ -6,7 +6,7 @@ import random
 
 import streamlit as st
 
-from app import artifacts, forms, jobs_client, resources, state, views
+from app import artifacts, compare_panel, forms, jobs_client, resources, state, views
 from app.progress import cancel_button, read_job_table
 from neurorit.errors import NeuroritError
 from neurorit.models import BUNDLED_MODEL
@@ -136,3 +136,4 @@ with c2:
     st.plotly_chart(views.stability_figure(mined), key="mine.stability")
     st.dataframe(views.stability_frame(mined), hide_index=True)
 st.caption(f"Folder: `{entry.folder}`. The Ablate page can switch these sets off (source: Mined set).")
+compare_panel.render()

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ig_gpu import timed  # noqa: E402
 from random_llama import SHAPES, build_random_bridge, load_tokenizer  # noqa: E402
 
-from neurorit import evaluation  # noqa: E402
+from neurorit import decoding, evaluation  # noqa: E402
 from neurorit.attribution import MiningConfig  # noqa: E402
 from neurorit.data import demo_examples  # noqa: E402
 from neurorit.masks import NeuronMask, bake  # noqa: E402
@@ -81,7 +81,7 @@ def main() -> int:
         ids = torch.tensor([list(prompt.token_ids)], device=device)
         with torch.no_grad(), mask.applied(model):
             hooked = model(ids)[0, -1].float()
-            hooked_tokens = evaluation.generate_tokens(model, prompt.token_ids, max_new_tokens=8)
+            hooked_tokens = decoding.generate_tokens(model, prompt.token_ids, max_new_tokens=8)
         with torch.no_grad():
             baked = plain(input_ids=ids).logits[0, -1].float()
             out = plain.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist()

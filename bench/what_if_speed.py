@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe  # noqa: E402
-from neurorit import evaluation  # noqa: E402
+from neurorit import decoding, evaluation  # noqa: E402
 from neurorit.data import demo_examples  # noqa: E402
 from neurorit.masks import NeuronMask, random_like  # noqa: E402
 from neurorit.mining import MinedNeurons  # noqa: E402
@@ -95,10 +95,10 @@ def main() -> int:
 
     unmasked_bridge, unmasked_fast, n_prompt = [], [], []
     for example in examples:
-        for prompt in evaluation._what_if_plan(model, example, config, None):
+        for prompt in evaluation.what_if_prompts(model, example, config, None):
             with _fastpath_off():
-                t0, a = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens))
-            t1, b = timed(lambda: evaluation._answer_logprob_ids(model, prompt, config.max_new_tokens))
+                t0, a = timed(lambda: decoding.decode_and_score(model, prompt, config.max_new_tokens))
+            t1, b = timed(lambda: decoding.decode_and_score(model, prompt, config.max_new_tokens))
             assert a[0] == b[0] and abs(a[1] - b[1]) < 1e-4, (a, b)
             unmasked_bridge.append(t0)
             unmasked_fast.append(t1)
@@ -116,21 +116,19 @@ def main() -> int:
         cols: dict[str, list[float]] = {k: [] for k in ("plain", "lookup", "draft", "replay", "bridge", "one", "three", "three_bridge")}
         same = changed = 0
         for example in examples:
-            plan = evaluation._what_if_plan(model, example, config, None)
-            evaluation._UNMASKED.clear()  # as when the example is picked: the unmasked side runs, recorded
-            evaluation._PREFILLS.clear()
+            plan = evaluation.what_if_prompts(model, example, config, None)
+            decoding.ANSWER_CACHE.clear()  # as when the example is picked: the unmasked side runs, recorded
             for prompt in plan:
-                before = evaluation._unmasked_answer(model, prompt, n_ctx)
-                key = (ident.fingerprint, prompt.token_ids, prompt.answer_ids, n_ctx)
-                replay = evaluation._PREFILLS.get(key)
-                with torch.no_grad(), evaluation.decoding(model, mask) as new:
-                    t0, a = timed(lambda: evaluation._answer_logprob_ids(model, prompt, n_ctx, lookup=False, steps=new()))
-                    t1, b = timed(lambda: evaluation._answer_logprob_ids(model, prompt, n_ctx, steps=new()))
-                    t2, c = timed(lambda: evaluation._answer_logprob_ids(model, prompt, n_ctx, draft=before[2], steps=new()))
-                    t3, d = timed(lambda: evaluation._answer_logprob_ids(model, prompt, n_ctx, draft=before[2],
-                                                                         steps=new(replay=replay)))
-                with _fastpath_off(), torch.no_grad(), evaluation.decoding(model, mask) as new:
-                    t4, e = timed(lambda: evaluation._answer_logprob_ids(model, prompt, n_ctx, draft=before[2], steps=new()))
+                before = decoding.ANSWER_CACHE.unmasked(model, prompt, n_ctx)
+                replay = decoding.ANSWER_CACHE.replay(model, prompt, n_ctx)
+                with torch.no_grad(), decoding.step_engine(model, mask) as new:
+                    t0, a = timed(lambda: decoding.decode_and_score(model, prompt, n_ctx, lookup=False, steps=new()))
+                    t1, b = timed(lambda: decoding.decode_and_score(model, prompt, n_ctx, steps=new()))
+                    t2, c = timed(lambda: decoding.decode_and_score(model, prompt, n_ctx, draft=before[2], steps=new()))
+                    t3, d = timed(lambda: decoding.decode_and_score(model, prompt, n_ctx, draft=before[2],
+                                                                      steps=new(replay=replay)))
+                with _fastpath_off(), torch.no_grad(), decoding.step_engine(model, mask) as new:
+                    t4, e = timed(lambda: decoding.decode_and_score(model, prompt, n_ctx, draft=before[2], steps=new()))
                 for k, t in zip(("plain", "lookup", "draft", "replay", "bridge"), (t0, t1, t2, t3, t4)):
                     cols[k].append(t)
                 same += all(x[0] == a[0] and abs(x[1] - a[1]) < 1e-4 for x in (b, c, d, e))
@@ -151,8 +149,7 @@ def main() -> int:
     def three_runs() -> list:  # type: ignore[type-arg]
         return [evaluation.evaluate(model, batch, config, mask=m) for m in (None, mask, control)]
 
-    evaluation._UNMASKED.clear()
-    evaluation._PREFILLS.clear()
+    decoding.ANSWER_CACHE.clear()
     t_ablate, report = timed(lambda: evaluation.ablate(model, batch, config, mask, control_seed=0))
     t_three, runs = timed(three_runs)
     with _fastpath_off():

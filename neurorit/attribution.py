@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from neurorit import store
 from neurorit.configs import coerce_fields, from_dict, stable_hash, to_dict
 from neurorit.errors import ArtifactError, ConfigError
-from neurorit.models import frozen, model_identity, neuron_site, prefill
+from neurorit.models import frozen, neuron_site, prefill
 from neurorit.types import LayerVector, NeuronGrid, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def _capture(model: Any, hook_names: dict[int, str], store_to: dict[int, Tensor]
 
 def _target_tokens(model: Any, prompt_ids: Tensor, answer_ids: Sequence[int], config: MiningConfig) -> Tensor:
     if config.target == "own_answer":
-        from neurorit.evaluation import generate_tokens
+        from neurorit.decoding import generate_tokens
 
         own = generate_tokens(model, prompt_ids.tolist(), max_new_tokens=config.own_answer_max_tokens)
         if not own:
@@ -368,7 +368,7 @@ def _ig_last_position(
     device = prompt.device
     d_mlp = int(model.cfg.d_mlp)
     suffix = torch.cat([prompt[-1:], targets[:-1]])  # [S]: last prompt token + teacher-forced answer
-    n_prefix, seq = prompt.numel() - 1, suffix.numel()
+    n_prefix = prompt.numel() - 1
 
     # 1. the prefix once, with its KV cache; 2. the clean suffix: activations, residuals, f(x)
     acts: dict[int, Tensor] = {}

@@ -60,6 +60,11 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     return cls(**kwargs)  # type: ignore[call-arg]
 
 
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (`True` is not 1 in a config)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 _PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "true / false values"}
 
 

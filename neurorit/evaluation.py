@@ -1,46 +1,39 @@
 """Evaluation: how well a model answers under each context view, with or without a neuron mask.
 
-Owns: `EvalConfig` (views, the noise sweep, generation length, the nested prompt config), greedy
-KV-cached answer generation (`generate_answer`), the teacher-forced answer log-probability
-(`answer_logprob`), per-prompt results and their roll-up (`EvalReport`, saved as JSON), the
-ablation study of METHOD.md (base vs masked vs random-mask control: `ablate`, `AblationReport`)
-and the one-example fast path of the UI (`what_if`). Greedy decoding runs on fastpath.py's
-hook-free forward when it can stand in for the model (`decoding`), else through the bridge with the
-mask's hooks. Must not: load models or datasets, spell hook names (masks.py applies masks), or print.
+Owns: `EvalConfig` (views, the noise sweep, generation length, the nested prompt config),
+per-prompt results and their roll-up (`EvalReport`, saved as JSON), the ablation study of
+METHOD.md (base vs masked vs random-mask control: `ablate`, `AblationReport`) and the one-example
+what-if of the UI (`what_if`). Answers and their gold log-probs come from neurorit.decoding.
+Must not: decode or run the model itself, load models or datasets, spell hook names, or print.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
 
-from neurorit import fastpath, store
-from neurorit.configs import coerce_fields, from_dict, stable_hash, to_dict
+from neurorit import store
+from neurorit.configs import coerce_fields, from_dict, is_int, stable_hash, to_dict
 from neurorit.data import RagExample
+from neurorit.decoding import ANSWER_CACHE, AnswerCache, decode_and_score, step_engine
 from neurorit.errors import ArtifactError, ConfigError, DataError
 from neurorit.masks import NeuronMask, random_like
 from neurorit.metrics import contains_answer, exact_match, token_f1
-from neurorit.models import model_identity, prefill
+from neurorit.models import model_identity
 from neurorit.prompts import VIEWS, Prompt, PromptConfig, build_prompt
-from neurorit.types import BatchTokenIds, ProgressFn, no_progress
+from neurorit.types import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 
 REPORT_FORMAT_VERSION = 1
 _METRICS = ("accuracy", "exact", "f1", "logprob")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,11 +60,11 @@ class EvalConfig:
         if len(set(self.views)) != len(self.views):
             raise ConfigError.field("EvalConfig", "views", self.views, "each view at most once")
         for level in self.noise_levels:
-            if not _is_int(level) or level < 0:
+            if not is_int(level) or level < 0:
                 raise ConfigError.field("EvalConfig", "noise_levels", self.noise_levels, "integers >= 0")
         if len(set(self.noise_levels)) != len(self.noise_levels):
             raise ConfigError.field("EvalConfig", "noise_levels", self.noise_levels, "each level at most once")
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ConfigError.field("EvalConfig", "max_new_tokens", self.max_new_tokens, "an integer >= 1")
         if not isinstance(self.prompt, PromptConfig):
             raise ConfigError.field("EvalConfig", "prompt", self.prompt, "a PromptConfig")
@@ -95,243 +88,6 @@ class EvalConfig:
 
     def hash(self) -> str:
         return stable_hash(self)
-
-
-# ---- generation and scoring ---------------------------------------------------------------------
-
-
-def _device(model: Any) -> torch.device:
-    return next(iter(model.parameters())).device
-
-
-def _tokens(model: Any, ids: Sequence[int]) -> BatchTokenIds:
-    return torch.tensor([list(ids)], dtype=torch.long, device=_device(model))
-
-
-def stop_token_ids(model: Any) -> frozenset[int]:
-    """Token ids that end an answer: the tokenizer's eos and the generation config's eos list."""
-    ids: set[int] = set()
-    eos = getattr(model.tokenizer, "eos_token_id", None)
-    if eos is not None:
-        ids.add(int(eos))
-    generation_config = getattr(model.original_model, "generation_config", None)
-    listed = getattr(generation_config, "eos_token_id", None)
-    if listed is not None:
-        ids.update(int(i) for i in ([listed] if isinstance(listed, int) else listed))
-    return frozenset(ids)
-
-
-def _check_length(model: Any, prompt: Prompt, extra: int) -> None:
-    n_ctx = int(model.cfg.n_ctx)
-    if prompt.n_tokens + extra > n_ctx:
-        raise DataError(
-            f"example {prompt.example_id}: the {prompt.view} prompt is {prompt.n_tokens} tokens (+{extra}), "
-            f"over the model's context of {n_ctx}. Fix: fewer distractors or shorter passages "
-            "(PromptConfig.n_distractors, max_passage_tokens)."
-        )
-
-
-def _maybe_masked(mask: NeuronMask | None, model: Any, strict: bool) -> Any:
-    return mask.applied(model, strict=strict) if mask is not None else contextlib.nullcontext(model)
-
-
-class _BridgeSteps:
-    """One prompt's decoding state through the bridge (hooks fire; HF's KV cache)."""
-
-    def __init__(self, model: Any) -> None:
-        self.model, self.cache = model, None
-
-    def prefill(self, token_ids: Sequence[int], keep: int) -> torch.Tensor:  # [keep, d_vocab]
-        logits, self.cache = prefill(self.model, _tokens(self.model, token_ids), keep=keep)
-        return logits[0]
-
-    def extend(self, token_ids: Sequence[int]) -> torch.Tensor:  # [len(token_ids), d_vocab]
-        return self.model(_tokens(self.model, token_ids), past_key_values=self.cache)[0]
-
-    def crop_last(self, k: int) -> None:
-        if k:
-            self.cache.crop(-k)
-
-
-Steps = Any  # _BridgeSteps | fastpath.FastSteps: prefill(ids, keep), extend(ids), crop_last(k)
-
-
-@contextlib.contextmanager
-def decoding(model: Any, mask: NeuronMask | None = None, *, strict: bool = True) -> Iterator[Any]:
-    """A maker of per-prompt decoding states (`new(record=False, replay=None)`) that run the model
-    with the mask: the fast path when it reproduces the model (fastpath.why_not is None), else the
-    bridge under mask.applied. Both give the same tokens up to float rounding (tests hold the logits
-    to 1e-4); a decoded token of the bundled model costs ~38 ms on the fast path, ~60 ms through
-    the bridge (2 cores)."""
-    reason = fastpath.why_not(model)
-    if reason is None:
-        if mask is not None:
-            mask.check(model, strict=strict)
-        fast = fastpath.of(model)
-        scale = mask.scale if mask is not None and mask.layers else None
-        yield lambda record=False, replay=None: fastpath.FastSteps(fast, scale, record=record, replay=replay)
-    else:
-        log.debug("decoding through the bridge: %s", reason)
-        with _maybe_masked(mask, model, strict):
-            yield lambda record=False, replay=None: _BridgeSteps(model)
-
-
-# Prompt lookup: match the answer's last 1..3 tokens in the prompt and propose the token that
-# followed them. On the fast path a pass over 1, 2, 3, 4 tokens costs 43.5, 46.9, 50.0, 69.3 ms
-# (bundled model, 2 cores); decoding the bundled model's answers to 8 demo questions x 3 views twice
-# took 36.1 s unmasked / 34.8 s masked in total proposing 1 token, 36.2 / 36.1 s with 2, 39.4 /
-# 39.3 s with 3 (bench notes in bench/results/what_if_cpu.md).
-LOOKUP_NGRAM = 3
-LOOKUP_TOKENS = 1
-
-
-def _lookup(context: Sequence[int], generated: Sequence[int], k: int) -> list[int]:
-    """The k tokens that follow the latest place in the prompt where the answer's last n tokens
-    stand (longest n first): answers copy the question and the passages."""
-    for n in range(min(LOOKUP_NGRAM, len(generated)), 0, -1):
-        tail = list(generated[-n:])
-        for start in range(len(context) - n - 1, -1, -1):
-            if list(context[start : start + n]) == tail:
-                return list(context[start + n : start + n + k])
-    return []
-
-
-def _greedy_ids(
-    model: Any, steps: Steps, row: torch.Tensor, max_new_tokens: int, room: int, draft: Sequence[int] = (),
-    context: Sequence[int] = (),
-) -> list[int]:
-    """Greedy tokens from the prefix's last logits `row` on, until an end token, a newline after
-    some text, or the length limit; `steps` holds the prefix.
-
-    Speculative decoding with greedy verification: each pass feeds the newest token together with
-    the tokens expected after it (the draft, e.g. the unmasked answer in a what-if, while the
-    answer follows it; else the tokens that follow the answer's last n-gram in the prompt
-    `context`), keeps the expected tokens the model would have chosen anyway, and cuts the cache
-    back at the first that it would not. The tokens are the step-by-step greedy ones, up to float
-    rounding between one pass and single steps; a right guess saves a pass per token.
-    """
-    tokenizer = model.tokenizer
-    stops = stop_token_ids(model)
-    limit = min(max_new_tokens, room)
-    draft = list(draft)
-    generated: list[int] = []
-
-    def finished() -> bool:  # after appending a token
-        return "\n" in tokenizer.decode(generated, skip_special_tokens=True).lstrip() or len(generated) >= limit
-
-    while True:  # `row` predicts the next token; the cache holds the prefix and `generated`
-        next_id = int(row.argmax())
-        if next_id in stops:
-            return generated
-        generated.append(next_id)
-        if finished():
-            return generated
-        room_left = limit - len(generated) - 1  # tokens worth verifying after next_id
-        if draft[: len(generated)] == generated:
-            proposal = draft[len(generated) : len(generated) + room_left]
-        else:
-            proposal = _lookup(context, generated, min(LOOKUP_TOKENS, room_left)) if room_left > 0 else []
-        out = steps.extend([next_id, *proposal])  # [1 + k, d_vocab]
-        j = 0
-        while j < len(proposal):
-            t = int(out[j].argmax())
-            if t != proposal[j] or t in stops:
-                break
-            generated.append(t)  # the model's own choice, and its cache entry is already there
-            if finished():
-                return generated
-            j += 1
-        steps.crop_last(len(proposal) - j)  # forget the proposed tokens the model did not choose
-        row = out[j]
-
-
-def _answer_text(model: Any, generated: Sequence[int]) -> str:
-    text = model.tokenizer.decode(list(generated), skip_special_tokens=True)
-    return text.lstrip().split("\n")[0].strip()
-
-
-@torch.no_grad()
-def generate_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int = 16) -> list[int]:
-    """The model's greedy answer as token ids (trailing newline-only tokens dropped)."""
-    with decoding(model) as new_steps:
-        steps = new_steps()
-        row = steps.prefill(prompt_ids, keep=1)[-1]
-        room = int(model.cfg.n_ctx) - len(prompt_ids) + 1
-        generated = _greedy_ids(model, steps, row, max_new_tokens, room, context=list(prompt_ids))
-    while generated and not model.tokenizer.decode(generated[-1:], skip_special_tokens=True).strip():
-        generated.pop()
-    return generated
-
-
-def _room(model: Any, prompt: Prompt) -> int:
-    """How many tokens can be generated before the context is full."""
-    return int(model.cfg.n_ctx) - prompt.n_tokens + 1
-
-
-@torch.no_grad()
-def generate_answer(
-    model: Any, prompt: Prompt, *, max_new_tokens: int = 16, mask: NeuronMask | None = None, strict: bool = True
-) -> str:
-    """The model's greedy answer to the prompt (KV cache: the prefix once, then one token a step).
-
-    Stops at an end token (see stop_token_ids), at a newline after some text, or after
-    max_new_tokens; returns the decoded answer, stripped. With a mask, runs with it (see decoding).
-    """
-    if max_new_tokens < 1:
-        raise ConfigError.field("generate_answer", "max_new_tokens", max_new_tokens, "an integer >= 1")
-    _check_length(model, prompt, 0)
-    with decoding(model, mask, strict=strict) as new_steps:
-        steps = new_steps()
-        row = steps.prefill(prompt.token_ids, keep=1)[-1]
-        generated = _greedy_ids(model, steps, row, max_new_tokens, _room(model, prompt), context=prompt.token_ids)
-    return _answer_text(model, generated)
-
-
-@torch.no_grad()
-def answer_logprob(model: Any, prompt: Prompt, *, mask: NeuronMask | None = None, strict: bool = True) -> float:
-    """Sum of the log-probabilities of prompt.answer_ids after prompt.token_ids (one forward)."""
-    _check_length(model, prompt, len(prompt.answer_ids))
-    n_prompt, n_answer = prompt.n_tokens, len(prompt.answer_ids)
-    with _maybe_masked(mask, model, strict):
-        logits = model(_tokens(model, prompt.token_ids + prompt.answer_ids))  # [1, pos, d_vocab]
-    predicting = logits[0, n_prompt - 1 : n_prompt - 1 + n_answer].float()  # [answer, d_vocab]
-    targets = torch.tensor(prompt.answer_ids, device=predicting.device)
-    return float(predicting.log_softmax(-1).gather(-1, targets[:, None]).sum())
-
-
-def answer_and_logprob(model: Any, prompt: Prompt, *, max_new_tokens: int = 16) -> tuple[str, float]:
-    """generate_answer and answer_logprob sharing one prefix forward (the caller applies any mask)."""
-    with decoding(model) as new_steps:
-        text, logprob, _ = _answer_logprob_ids(model, prompt, max_new_tokens, steps=new_steps())
-    return text, logprob
-
-
-@torch.no_grad()
-def _answer_logprob_ids(
-    model: Any, prompt: Prompt, max_new_tokens: int, draft: Sequence[int] = (), *, lookup: bool = True,
-    steps: Steps | None = None,
-) -> tuple[str, float, list[int]]:
-    """answer_and_logprob, also returning the greedy token ids; draft as in _greedy_ids; lookup=False
-    decodes without prompt-lookup proposals (one pass a token unless drafted; benchmarks).
-
-    One prefill scores the gold answer too: it runs over the prompt and the gold answer but its last
-    token, keeps the logits of the answer's positions, then crops the cache back to the prompt.
-    """
-    _check_length(model, prompt, len(prompt.answer_ids))
-    if steps is None:
-        with decoding(model) as new_steps:
-            return _answer_logprob_ids(model, prompt, max_new_tokens, draft, lookup=lookup, steps=new_steps())
-    answer_ids = list(prompt.answer_ids)
-    scored = answer_ids[:-1]
-    logits = steps.prefill(list(prompt.token_ids) + scored, keep=len(scored) + 1)  # [answer, d_vocab]
-    logprob = 0.0
-    if answer_ids:
-        targets = torch.tensor(answer_ids, device=logits.device)
-        logprob = float(logits.float().log_softmax(-1).gather(-1, targets[:, None]).sum())
-    steps.crop_last(len(scored))
-    context = prompt.token_ids if lookup else ()
-    ids = _greedy_ids(model, steps, logits[0], max_new_tokens, _room(model, prompt), draft, context)
-    return _answer_text(model, ids), logprob, ids
 
 
 # ---- results and reports ------------------------------------------------------------------------
@@ -505,9 +261,9 @@ def evaluate(
     examples = list(examples)
     plan, skipped = _prompt_plan(model, examples, config)
     results = []
-    with torch.no_grad(), decoding(model, mask, strict=strict) as new_steps:
+    with torch.no_grad(), step_engine(model, mask, strict=strict) as new_steps:
         for done, (example, k, prompt) in enumerate(plan, start=1):
-            answer, logprob, _ = _answer_logprob_ids(model, prompt, config.max_new_tokens, steps=new_steps())
+            answer, logprob, _ = decode_and_score(model, prompt, config.max_new_tokens, steps=new_steps())
             results.append(_result(example, k, prompt, answer, logprob))
             on_progress(done, len(plan), f"{label or 'eval'}: {example.id} {prompt.view} ({k} distractors)")
     return _report(model, config, results, skipped, label, mask)
@@ -599,11 +355,12 @@ def ablate(
     *,
     control_seed: int | None = 0,
     strict: bool = True,
+    cache: AnswerCache = ANSWER_CACHE,
     on_progress: ProgressFn = no_progress,
 ) -> AblationReport:
     """Evaluate without the mask, with it, and (unless control_seed is None) with random_control.
 
-    Prompt by prompt: the unmasked answer (remembered, see _unmasked_answer) drafts the masked and
+    Prompt by prompt: the unmasked answer (remembered in `cache`, see decoding.AnswerCache) drafts the masked and
     control answers, and on the fast path their prefills start at their masks' lowest layers from
     the unmasked one. The reports equal three separate `evaluate` runs.
     """
@@ -614,17 +371,16 @@ def ablate(
     plan, skipped = _prompt_plan(model, examples, config)
     results: dict[str, list[ExampleResult]] = {name: [] for name in runs}
     n, total, done = config.max_new_tokens, len(plan) * len(runs), 0
-    fingerprint = model_identity(model).fingerprint
     for example, k, prompt in plan:
-        before = _unmasked_answer(model, prompt, n)
-        replay = _PREFILLS.get((fingerprint, prompt.token_ids, prompt.answer_ids, n))
+        before = cache.unmasked(model, prompt, n)
+        replay = cache.replay(model, prompt, n)
         for name, run_mask in runs.items():
             if run_mask is None:
                 answer, logprob = before[:2]
             else:
-                with torch.no_grad(), decoding(model, run_mask, strict=strict) as new_steps:
-                    answer, logprob, _ = _answer_logprob_ids(model, prompt, n, draft=before[2],
-                                                             steps=new_steps(replay=replay))
+                with torch.no_grad(), step_engine(model, run_mask, strict=strict) as new_steps:
+                    answer, logprob, _ = decode_and_score(model, prompt, n, draft=before[2],
+                                                          steps=new_steps(replay=replay))
             results[name].append(_result(example, k, prompt, answer, logprob))
             done += 1
             on_progress(done, total, f"{name}: {example.id} {prompt.view} ({k} distractors)")
@@ -647,53 +403,22 @@ class WhatIf:
     correct_after: bool
 
 
-_UNMASKED: "OrderedDict[tuple[Any, ...], tuple[str, float, list[int]]]" = OrderedDict()
-_UNMASKED_SIZE = 256
-# The unmasked prefills' residual streams and keys/values (fast path only), the newest that fit in
-# fastpath.RECORD_BUDGET: a masked prefill of the same prompt starts at the mask's lowest layer.
-_PREFILLS: "OrderedDict[tuple[Any, ...], fastpath.PrefillRecord]" = OrderedDict()
-
-
-def _remember_prefill(key: tuple[Any, ...], record: "fastpath.PrefillRecord | None") -> None:
-    if record is None:
-        return
-    _PREFILLS[key] = record
-    while sum(r.nbytes for r in _PREFILLS.values()) > fastpath.RECORD_BUDGET:
-        _PREFILLS.popitem(last=False)
-
-
-@torch.no_grad()
-def _unmasked_answer(model: Any, prompt: Prompt, max_new_tokens: int) -> tuple[str, float, list[int]]:
-    """_answer_logprob_ids without a mask, remembered per (weights, prompt): a what-if that only
-    changes the mask recomputes the masked side alone, with the unmasked tokens as its draft and,
-    on the fast path, the unmasked prefill below the mask's lowest layer."""
-    key = (model_identity(model).fingerprint, prompt.token_ids, prompt.answer_ids, max_new_tokens)
-    if key in _UNMASKED:
-        _UNMASKED.move_to_end(key)
-        return _UNMASKED[key]
-    with decoding(model) as new_steps:
-        steps = new_steps(record=True)
-        result = _answer_logprob_ids(model, prompt, max_new_tokens, steps=steps)
-    _remember_prefill(key, getattr(steps, "record", None))
-    _UNMASKED[key] = result
-    if len(_UNMASKED) > _UNMASKED_SIZE:
-        _UNMASKED.popitem(last=False)
-    return result
-
-
-def _what_if_plan(model: Any, example: RagExample, config: EvalConfig, views: Sequence[str] | None) -> list[Prompt]:
+def what_if_prompts(model: Any, example: RagExample, config: EvalConfig,
+                    views: Sequence[str] | None = None) -> list[Prompt]:
+    """The prompts a what-if runs: the example under each view (noisy at prompt.n_distractors)."""
     chosen = tuple(views) if views is not None else config.views
     plan, _ = _prompt_plan(model, [example], dataclasses.replace(config, views=chosen, noise_levels=()))
     return [p for _, _, p in plan]
 
 
 def answers_without_mask(
-    model: Any, example: RagExample, config: EvalConfig, *, views: Sequence[str] | None = None
+    model: Any, example: RagExample, config: EvalConfig, *, views: Sequence[str] | None = None,
+    cache: AnswerCache = ANSWER_CACHE,
 ) -> list[tuple[str, str, float]]:
     """(view, answer, gold log-prob) of the unmasked model per view, remembered for what_if: the
     workbench computes them when an example is picked, so each what-if only runs the masked side."""
-    return [(p.view, *_unmasked_answer(model, p, config.max_new_tokens)[:2])
-            for p in _what_if_plan(model, example, config, views)]
+    return [(p.view, *cache.unmasked(model, p, config.max_new_tokens)[:2])
+            for p in what_if_prompts(model, example, config, views)]
 
 
 def what_if(
@@ -704,19 +429,18 @@ def what_if(
     *,
     views: Sequence[str] | None = None,
     strict: bool = True,
+    cache: AnswerCache = ANSWER_CACHE,
 ) -> list[WhatIf]:
     """The UI's fast path: one example, each view (noisy at prompt.n_distractors), without and with the mask.
 
     A view the example cannot be shown under is left out with a warning.
     """
-    plan = _what_if_plan(model, example, config, views)
-    before = [_unmasked_answer(model, p, config.max_new_tokens) for p in plan]
-    fingerprint = model_identity(model).fingerprint
-    with torch.no_grad(), decoding(model, mask, strict=strict) as new_steps:
-        after = []
-        for p, b in zip(plan, before):
-            replay = _PREFILLS.get((fingerprint, p.token_ids, p.answer_ids, config.max_new_tokens))
-            after.append(_answer_logprob_ids(model, p, config.max_new_tokens, draft=b[2], steps=new_steps(replay=replay)))
+    plan = what_if_prompts(model, example, config, views)
+    n = config.max_new_tokens
+    before = [cache.unmasked(model, p, n) for p in plan]
+    with torch.no_grad(), step_engine(model, mask, strict=strict) as new_steps:
+        after = [decode_and_score(model, p, n, draft=b[2], steps=new_steps(replay=cache.replay(model, p, n)))
+                 for p, b in zip(plan, before)]
     return [
         WhatIf(view=p.view, answer_before=b[0], answer_after=a[0], logprob_before=b[1], logprob_after=a[1],
                correct_before=contains_answer(b[0], example.answers),

@@ -22,7 +22,7 @@ from neurorit.configs import stable_hash
 from neurorit.data import RagExample, examples_fingerprint
 from neurorit.errors import ArtifactError, DataError, ModelMismatchError
 from neurorit.models import ModelIdentity, model_identity
-from neurorit.neurons import NeuronSet, SelectionRule, aggregate_selection, select_example, selection_frequency
+from neurorit.neurons import NeuronSet, SelectionRule, aggregate_selection, selection_frequency
 from neurorit.prompts import Prompt, PromptConfig, build_prompt
 from neurorit.types import NeuronGrid, ProgressFn, no_progress
 

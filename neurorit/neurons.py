@@ -1,23 +1,22 @@
 """Neuron sets: selecting neurons from attribution scores and the set algebra over them.
 
-Owns: `NeuronSet` (a boolean layer x neuron grid with | & - algebra and per-layer counts),
-`SelectionRule` (per-example threshold or top-k, then support across examples), `select_neurons`,
-and `MinedNeurons` (the relevant / irrelevant sets and their exclusive and shared parts), saved
-and loaded as artifacts. Must not: run models (see attribution.py and mining.py).
+Owns: `NeuronSet` (a boolean layer x neuron grid with | & - algebra and per-layer counts) and
+`SelectionRule` with the selection steps (per example: a threshold relative to the example's
+max, top-k, or the counting recipe's top-N; across examples: support or the h most frequent):
+`select_example`, `selection_frequency`, `aggregate_selection`, `select_neurons`. The mined sets
+of a dataset (`MinedNeurons`, saved as artifacts) live in mining.py. Must not: run models (see
+attribution.py and mining.py) or read and write files.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
 
 import torch
 
-from neurorit import store
 from neurorit.configs import coerce_fields, from_dict, to_dict
-from neurorit.errors import ArtifactError, ConfigError, ModelMismatchError
+from neurorit.errors import ConfigError, ModelMismatchError
 from neurorit.types import NeuronGrid, NeuronMaskGrid
 
 

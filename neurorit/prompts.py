@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from neurorit.configs import coerce_fields, from_dict, stable_hash, to_dict
+from neurorit.configs import coerce_fields, from_dict, is_int, stable_hash, to_dict
 from neurorit.data import Passage, RagExample
 from neurorit.errors import ConfigError, DataError
 from neurorit.metrics import normalize_answer
@@ -49,15 +49,15 @@ class PromptConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError.field("PromptConfig", name, value, "a non-empty string")
-        if not _is_int(self.n_distractors) or self.n_distractors < 0:
+        if not is_int(self.n_distractors) or self.n_distractors < 0:
             raise ConfigError.field("PromptConfig", "n_distractors", self.n_distractors, "an integer >= 0")
-        if self.relevant_position is not None and (not _is_int(self.relevant_position) or self.relevant_position < 0):
+        if self.relevant_position is not None and (not is_int(self.relevant_position) or self.relevant_position < 0):
             raise ConfigError.field(
                 "PromptConfig", "relevant_position", self.relevant_position, "an integer >= 0, or None (seeded)"
             )
-        if not _is_int(self.max_passage_tokens) or self.max_passage_tokens < 1:
+        if not is_int(self.max_passage_tokens) or self.max_passage_tokens < 1:
             raise ConfigError.field("PromptConfig", "max_passage_tokens", self.max_passage_tokens, "an integer >= 1")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ConfigError.field("PromptConfig", "seed", self.seed, "an integer")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise ConfigError.field("PromptConfig", "system_prompt", self.system_prompt, "a string or None")
@@ -72,10 +72,6 @@ class PromptConfig:
     def hash(self) -> str:
         """Stable short hash of the config (part of cache keys)."""
         return stable_hash(self)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -233,7 +229,7 @@ def add_distractors(
     (one index over all passages), else a random draw seeded by seed and the example id. The
     examples' own passages are kept first; the added ones are flagged irrelevant.
     """
-    if not _is_int(n) or n < 0:
+    if not is_int(n) or n < 0:
         raise ConfigError.field("add_distractors", "n", n, "an integer >= 0")
     examples = list(examples)
     if n == 0:

@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from neurorit import store
-from neurorit.configs import from_dict, stable_hash, to_dict
+from neurorit.configs import from_dict, is_int, stable_hash, to_dict
 from neurorit.data import RagExample
 from neurorit.errors import ArtifactError, ConfigError, DataError
 from neurorit.prompts import add_distractors
@@ -178,10 +178,6 @@ def apply_noise(examples: Sequence[RagExample], kind: str, n: int, seed: int,
 # ---- the spec -----------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _resolve_dataset(name: str, base: Path | None) -> str:
     """'demo', a path that exists from the working folder, else one from the study file's folder."""
     if name == "demo" or Path(name).exists() or base is None:
@@ -267,15 +263,15 @@ class StudySpec:
         for name, values, low in (("n_distractors", self.n_distractors, 0), ("train_distractors",
                                   self.train_distractors, 0), ("mining_sizes", self.mining_sizes, 1)):
             for value in values:
-                if not _is_int(value) or value < low:
+                if not is_int(value) or value < low:
                     raise self._bad(name, value, f"integers >= {low}")
         if not self.train_distractors:
             raise self._bad("train_distractors", [], "a non-empty list of integers >= 0")
         for seed in self.seeds:
-            if not _is_int(seed):
+            if not is_int(seed):
                 raise self._bad("seeds", seed, "integers")
         for name in ("split_seed", "mining_seed"):
-            if not _is_int(getattr(self, name)):
+            if not is_int(getattr(self, name)):
                 raise self._bad(name, getattr(self, name), "an integer")
         for name in ("datasets", "noise", "n_distractors", "mining_sizes", "recipes", "methods", "seeds"):
             values = getattr(self, name)
@@ -286,7 +282,7 @@ class StudySpec:
         for method, seeds in self.seeds_by_method.items():
             if method not in self.methods:
                 raise self._bad("seeds_by_method", method, f"a method of the study ({list(self.methods)})")
-            if (not isinstance(seeds, (list, tuple)) or not seeds or any(not _is_int(x) for x in seeds)
+            if (not isinstance(seeds, (list, tuple)) or not seeds or any(not is_int(x) for x in seeds)
                     or len(set(seeds)) != len(seeds)):
                 raise self._bad("seeds_by_method", {method: seeds}, "a non-empty list of distinct integer seeds")
         if not isinstance(self.selection_recipes, dict):
@@ -299,11 +295,11 @@ class StudySpec:
             self.selection_rule(recipe)  # SelectionRule validates its fields
         for name, low in (("n_test", 1), ("max_new_tokens", 1), ("n_resamples", 100)):
             value = getattr(self, name)
-            if not _is_int(value) or value < low:
+            if not is_int(value) or value < low:
                 raise self._bad(name, value, f"an integer >= {low}")
-        if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
+        if self.limit is not None and (not is_int(self.limit) or self.limit < 1):
             raise self._bad("limit", self.limit, "an integer >= 1 or null")
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+        if self.threads is not None and (not is_int(self.threads) or self.threads < 1):
             raise self._bad("threads", self.threads, "an integer >= 1 or null")
         if not isinstance(self.confidence, float) or not 0 < self.confidence < 1:
             raise self._bad("confidence", self.confidence, "a number in (0, 1), e.g. 0.95")

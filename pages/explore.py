@@ -10,7 +10,7 @@ from app import artifacts, forms, resources, state, views
 from app.progress import StreamlitProgress
 from neurorit.data import examples_fingerprint
 from neurorit.errors import NeuroritError
-from neurorit.evaluation import answer_and_logprob
+from neurorit.decoding import answer_and_logprob
 from neurorit.masks import NeuronMask
 from neurorit.metrics import contains_answer
 from neurorit.mining import prompt_for, score_example

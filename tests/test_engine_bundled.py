@@ -87,7 +87,7 @@ def test_mine_mask_bake_round_trip_on_the_bundled_model(smol, isolated_cache, tm
 def test_speculative_decoding_gives_the_step_by_step_answers(smol):
     """Prompt lookup and the unmasked draft only save passes: on the bundled model, with and
     without a mask, the answers and gold log-probs equal plain one-token-a-step decoding."""
-    from neurorit import evaluation
+    from neurorit import decoding, evaluation
     from neurorit.neurons import NeuronSet
 
     config = evaluation.EvalConfig(views=("relevant", "noisy", "irrelevant"))
@@ -97,19 +97,19 @@ def test_speculative_decoding_gives_the_step_by_step_answers(smol):
 
     def step_by_step(prompt):  # type: ignore[no-untyped-def]
         with torch.no_grad():  # through the bridge (and the mask's hooks when applied)
-            steps = evaluation._BridgeSteps(smol)
+            steps = decoding.BridgeSteps(smol)
             row = steps.prefill(prompt.token_ids, keep=1)[-1]
-            ids = evaluation._greedy_ids(smol, steps, row, config.max_new_tokens, 10**6)
+            ids = decoding.greedy_decode(smol, steps, row, config.max_new_tokens, 10**6)
         return smol.tokenizer.decode(ids, skip_special_tokens=True).lstrip().split("\n")[0].strip()
 
     changed = 0
     for example in demo_examples()[:4]:
-        for prompt in evaluation._what_if_plan(smol, example, config, None):
-            text, logprob, ids = evaluation._answer_logprob_ids(smol, prompt, config.max_new_tokens)
+        for prompt in evaluation.what_if_prompts(smol, example, config, None):
+            text, logprob, ids = decoding.decode_and_score(smol, prompt, config.max_new_tokens)
             assert text == step_by_step(prompt)
             with mask.applied(smol):
-                masked = evaluation._answer_logprob_ids(smol, prompt, config.max_new_tokens, draft=ids)
+                masked = decoding.decode_and_score(smol, prompt, config.max_new_tokens, draft=ids)
                 assert masked[0] == step_by_step(prompt)
-                assert masked[1] == pytest.approx(evaluation.answer_logprob(smol, prompt), abs=1e-4)
+                assert masked[1] == pytest.approx(decoding.answer_logprob(smol, prompt), abs=1e-4)
             changed += masked[0] != text
     assert changed >= 2  # the drafts were wrong sometimes, and the answers still right

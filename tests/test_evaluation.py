@@ -14,14 +14,11 @@ from neurorit.evaluation import (
     ExampleResult,
     SkippedPrompt,
     ablate,
-    answer_and_logprob,
-    answer_logprob,
     evaluate,
-    generate_answer,
     random_control,
-    stop_token_ids,
     what_if,
 )
+from neurorit.decoding import answer_and_logprob, answer_logprob, generate_answer, stop_token_ids
 from neurorit.masks import NeuronMask
 from neurorit.models import model_identity
 from neurorit.neurons import NeuronSet
@@ -342,7 +339,7 @@ def test_bundled_model_answers_an_easy_question_with_its_passage(smol):
 
 def test_what_if_reuses_the_unmasked_side_and_stays_correct(tiny_llama, monkeypatch):
     """The second what-if with another mask computes only the masked answers, with equal results."""
-    from neurorit import evaluation
+    from neurorit import decoding, evaluation
     from neurorit.data import demo_examples
     from neurorit.masks import NeuronMask
     from neurorit.neurons import NeuronSet
@@ -353,15 +350,15 @@ def test_what_if_reuses_the_unmasked_side_and_stays_correct(tiny_llama, monkeypa
     mask_b = NeuronMask.silencing(NeuronSet.from_neurons([(1, 2)], 2, 48), tiny_llama)
     first = evaluation.what_if(tiny_llama, example, mask_a, config)
     calls = []
-    real = evaluation._answer_logprob_ids
-    monkeypatch.setattr(evaluation, "_answer_logprob_ids", lambda *a, **k: calls.append(k.get("draft")) or real(*a, **k))
+    real = evaluation.decode_and_score
+    monkeypatch.setattr(evaluation, "decode_and_score", lambda *a, **k: calls.append(k.get("draft")) or real(*a, **k))
     second = evaluation.what_if(tiny_llama, example, mask_b, config)
     assert len(calls) == 1 and calls[0]  # only the masked side ran, drafted by the unmasked tokens
     assert (second[0].answer_before, second[0].logprob_before) == (first[0].answer_before, first[0].logprob_before)
     prompt = evaluation.build_prompt(example, "relevant", config.prompt, tiny_llama.tokenizer)
-    assert (second[0].answer_before, second[0].logprob_before) == evaluation.answer_and_logprob(tiny_llama, prompt, max_new_tokens=3)
+    assert (second[0].answer_before, second[0].logprob_before) == decoding.answer_and_logprob(tiny_llama, prompt, max_new_tokens=3)
     with mask_b.applied(tiny_llama):  # through the bridge and the mask's hooks
-        hooked = evaluation.answer_and_logprob(tiny_llama, prompt, max_new_tokens=3)
+        hooked = decoding.answer_and_logprob(tiny_llama, prompt, max_new_tokens=3)
     assert second[0].answer_after == hooked[0]
     assert second[0].logprob_after == pytest.approx(hooked[1], abs=1e-4)
 
@@ -384,37 +381,37 @@ class _CountingModel:
 def test_a_draft_gives_the_greedy_tokens_in_fewer_passes(tiny_llama, demo):
     """Speculative decoding with greedy verification: whatever the draft, the tokens are those of
     step-by-step decoding; a right draft costs one pass instead of one per token."""
-    from neurorit.evaluation import _answer_logprob_ids
+    from neurorit.decoding import decode_and_score
 
     prompt = build_prompt(demo[0], "noisy", PromptConfig(n_distractors=2), tiny_llama.tokenizer)
     counting = _CountingModel(tiny_llama)
-    text, logprob, ids = _answer_logprob_ids(counting, prompt, 8)
+    text, logprob, ids = decode_and_score(counting, prompt, 8)
     assert len(ids) >= 4, ids
     assert counting.calls == 1 + len(ids) - 1  # prefix with gold scoring, one step per further token
     wrong = (ids[2] + 1) % tiny_llama.cfg.d_vocab
     for draft in (ids, ids[:2], ids[:2] + [wrong] + ids[3:], [wrong] * 6, ids + ids, [wrong]):
         counting.calls = 0
-        assert _answer_logprob_ids(counting, prompt, 8, draft) == (text, logprob, ids), draft
+        assert decode_and_score(counting, prompt, 8, draft) == (text, logprob, ids), draft
         if draft == ids:
             assert counting.calls == 2  # prefix with gold scoring, the draft pass
     counting.calls = 0
-    assert _answer_logprob_ids(counting, prompt, 2, ids)[2] == ids[:2]  # the limit still holds
+    assert decode_and_score(counting, prompt, 2, ids)[2] == ids[:2]  # the limit still holds
 
 
 def _greedy_from_scratch(model, prompt_ids, max_new_tokens, context=()):  # type: ignore[no-untyped-def]
-    from neurorit.evaluation import _BridgeSteps, _greedy_ids
+    from neurorit.decoding import BridgeSteps, greedy_decode
 
     with torch.no_grad():
-        steps = _BridgeSteps(model)
+        steps = BridgeSteps(model)
         row = steps.prefill(prompt_ids, keep=1)[-1]
-        return _greedy_ids(model, steps, row, max_new_tokens, 10**6, context=context)
+        return greedy_decode(model, steps, row, max_new_tokens, 10**6, context=context)
 
 
 def test_prompt_lookup_proposes_from_the_context_and_keeps_the_greedy_tokens(tiny_llama, demo):
-    from neurorit.evaluation import _lookup
+    from neurorit.decoding import lookup_proposal
 
-    assert _lookup([5, 6, 7, 8, 5, 6, 9, 1], [3, 5, 6], 2) == [9, 1]  # the latest place of the longest tail
-    assert _lookup([5, 6, 7, 8], [4, 6], 3) == [7, 8] and _lookup([5, 6, 7], [9], 2) == []
+    assert lookup_proposal([5, 6, 7, 8, 5, 6, 9, 1], [3, 5, 6], 2) == [9, 1]  # the latest place of the longest tail
+    assert lookup_proposal([5, 6, 7, 8], [4, 6], 3) == [7, 8] and lookup_proposal([5, 6, 7], [9], 2) == []
     prompt = build_prompt(demo[1], "relevant", PromptConfig(), tiny_llama.tokenizer).token_ids
     counting = _CountingModel(tiny_llama)
     plain = _greedy_from_scratch(counting, prompt, 10)
@@ -428,11 +425,11 @@ def test_prompt_lookup_proposes_from_the_context_and_keeps_the_greedy_tokens(tin
 
 
 def test_generation_paths_build_no_autograd_graph(tiny_llama, demo):
-    from neurorit.evaluation import _answer_logprob_ids, generate_tokens
+    from neurorit.decoding import decode_and_score, generate_tokens
 
     prompt = build_prompt(demo[0], "relevant", PromptConfig(), tiny_llama.tokenizer)
     counting = _CountingModel(tiny_llama)
     generate_tokens(counting, prompt.token_ids, max_new_tokens=3)
     generate_answer(counting, prompt, max_new_tokens=3)
-    _answer_logprob_ids(counting, prompt, 3)
+    decode_and_score(counting, prompt, 3)
     assert counting.calls >= 6 and not counting.grad_enabled

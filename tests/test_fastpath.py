@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neurorit import evaluation, fastpath
+from neurorit import decoding, evaluation, fastpath
 from neurorit.data import demo_examples
 from neurorit.masks import NeuronMask
 from neurorit.models import forget_identity, load_model, model_identity
@@ -129,12 +129,11 @@ def test_what_if_on_the_fast_path_equals_the_bridge(tiny_llama, monkeypatch):  #
     config = evaluation.EvalConfig(views=("relevant", "noisy", "irrelevant"), max_new_tokens=6)
     mask = _mask(tiny_llama, [(0, i) for i in range(0, 48, 3)] + [(1, 4)])
     for example in demo_examples()[:3]:
-        evaluation._UNMASKED.clear()
-        evaluation._PREFILLS.clear()
+        decoding.ANSWER_CACHE.clear()
         fast = evaluation.what_if(tiny_llama, example, mask, config)
-        assert len(evaluation._PREFILLS) == len(fast)  # the unmasked prefills were recorded for replay
+        assert len(decoding.ANSWER_CACHE.prefills) == len(fast)  # the unmasked prefills were recorded for replay
         monkeypatch.setenv("NEURORIT_FASTPATH", "0")
-        evaluation._UNMASKED.clear()
+        decoding.ANSWER_CACHE.clear()
         hooked = evaluation.what_if(tiny_llama, example, mask, config)
         monkeypatch.delenv("NEURORIT_FASTPATH")
         for a, b in zip(fast, hooked, strict=True):
@@ -206,14 +205,14 @@ def test_bundled_model_fast_path_equals_the_bridge(smol):  # type: ignore[no-unt
     fast = fastpath.of(smol)
     changed = 0
     for example in demo_examples()[:3]:
-        prompts = evaluation._what_if_plan(smol, example, config, None)
+        prompts = evaluation.what_if_prompts(smol, example, config, None)
         ids = prompts[1].token_ids
         with torch.no_grad():
             got = fast.forward(ids, fast.new_cache(8), scale=mask.scale, keep=len(ids))
         assert_close_in_scale(got, _bridge_logits(smol, ids, mask), rel=1e-4)
-        evaluation._UNMASKED.clear()
+        decoding.ANSWER_CACHE.clear()
         on_fast = evaluation.what_if(smol, example, mask, config)
-        evaluation._UNMASKED.clear()
+        decoding.ANSWER_CACHE.clear()
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("NEURORIT_FASTPATH", "0")
             on_bridge = evaluation.what_if(smol, example, mask, config)

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from neurorit.configs import coerce_fields, from_dict, stable_hash, to_dict
+from neurorit.configs import coerce_fields, from_dict, is_int, stable_hash, to_dict
 from neurorit.errors import ConfigError
 from neurorit.evaluation import EvalConfig
 from neurorit.prompts import PromptConfig
@@ -30,10 +30,6 @@ RETROBUST_BASES = ("lora", "full")
 
 DEFAULT_EVAL = EvalConfig(views=("relevant", "noisy"), noise_levels=(2, 4))
 """Clean context (relevant passages only) and noisy contexts with 2 and 4 distractors."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
@@ -143,17 +139,17 @@ class TrainConfig:
         positive = ("max_steps", "batch_size", "grad_accum", "max_prompt_tokens", "n_target_layers", "lora_r",
                     "lora_alpha", "n_eval", "n_dev", "keep_checkpoints")
         for name in positive:
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise self._bad(name, "an integer >= 1")
         for name in ("warmup_steps", "checkpoint_every", "dev_every"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise self._bad(name, "an integer >= 0 (0 = never)" if name != "warmup_steps" else "an integer >= 0")
         for name in ("seed", "split_seed", "random_seed"):
-            if not _is_int(getattr(self, name)):
+            if not is_int(getattr(self, name)):
                 raise self._bad(name, "an integer")
-        if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
+        if self.limit is not None and (not is_int(self.limit) or self.limit < 1):
             raise self._bad("limit", "an integer >= 1 or None")
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+        if self.threads is not None and (not is_int(self.threads) or self.threads < 1):
             raise self._bad("threads", "an integer >= 1 or None")
         if self.lr is not None and (not _is_number(self.lr) or self.lr <= 0):
             raise self._bad("lr", "a finite number > 0, or None for the method's default")
@@ -180,11 +176,11 @@ class TrainConfig:
             raise self._bad("lora_dropout", "a number in [0, 1)")
         if not _is_number(self.retrobust_relevant_share) or not 0 <= self.retrobust_relevant_share <= 1:
             raise self._bad("retrobust_relevant_share", "a number in [0, 1]")
-        if not self.n_distractors or any(not _is_int(k) or k < 0 for k in self.n_distractors):
+        if not self.n_distractors or any(not is_int(k) or k < 0 for k in self.n_distractors):
             raise self._bad("n_distractors", "a non-empty list of integers >= 0")
         for name in ("target_layers", "stage1_layers"):
             value = getattr(self, name)
-            if value is not None and (not value or any(not _is_int(l) or l < 0 for l in value)):
+            if value is not None and (not value or any(not is_int(l) or l < 0 for l in value)):
                 raise self._bad(name, "a non-empty list of layer indices >= 0, or None")
         for name in ("autocast", "hard_distractors", "eval_before", "eval_after", "bake", "save_checkpoints"):
             if not isinstance(getattr(self, name), bool):

@@ -4,7 +4,9 @@ Owns: listing cached masks (`cache/masks/*`) and mining results (`cache/mined/*`
 records, saving a mask under `cache/masks/<mask.key()>/`, packing a mask folder into a zip, and
 unpacking an uploaded zip (or the two loose files) safely: only `mask.safetensors` and
 `mask.json` are taken, sizes are capped, paths inside the zip are ignored, nothing is
-unpickled. Validation of the content is `NeuronMask.load`'s job. Must not: import streamlit.
+unpickled. Validation of the content is `NeuronMask.load`'s job. The notes on a mask's neurons
+(neurorit.notes) travel in the zip's mask.json under "notes"; an import takes them into the
+local notes where a neuron has none. Must not: import streamlit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from neurorit import store
+from neurorit import notes, store
 from neurorit.errors import ArtifactError
 from neurorit.masks import MASK_JSON, MASK_TENSORS, NeuronMask
 
@@ -104,8 +106,15 @@ def save_mask(mask: NeuronMask) -> Path:
     return folder
 
 
+def mask_notes(folder: Path) -> dict[str, dict[str, Any]]:
+    """notes.to_record of the local notes on the neurons of the mask in `folder` ({} when none)."""
+    mask = NeuronMask.load(folder)
+    return notes.to_record(notes.notes_of(mask.model.fingerprint, mask.neurons.neurons()))
+
+
 def mask_zip_bytes(folder: Path) -> bytes:
-    """A zip holding the folder's mask.safetensors and mask.json (flat, no directories)."""
+    """A zip holding the folder's mask.safetensors and mask.json (flat, no directories); the
+    mask.json in the zip also holds the notes on the mask's neurons under "notes" when there are any."""
     folder = Path(folder)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -113,7 +122,13 @@ def mask_zip_bytes(folder: Path) -> bytes:
             path = folder / name
             if not path.is_file():
                 raise ArtifactError(f"{path} is missing: {folder} is not a complete mask folder.")
-            zf.write(path, arcname=name)
+        zf.write(folder / MASK_TENSORS, arcname=MASK_TENSORS)
+        record = mask_notes(folder)
+        if record:
+            meta = store.read_json(folder / MASK_JSON)
+            zf.writestr(MASK_JSON, json.dumps({**meta, "notes": record}, indent=2, sort_keys=True) + "\n")
+        else:
+            zf.write(folder / MASK_JSON, arcname=MASK_JSON)
     return buffer.getvalue()
 
 
@@ -195,8 +210,13 @@ def unpack_mask_upload(files: Sequence[tuple[str, bytes]], dest: Path) -> Path:
 
 
 def import_mask(files: Sequence[tuple[str, bytes]], model: Any, *, strict: bool = True) -> tuple[NeuronMask, Path]:
-    """Validate an uploaded mask against the model (NeuronMask.load) and save it into the cache."""
+    """Validate an uploaded mask against the model (NeuronMask.load) and save it into the cache; the
+    notes it carries (mask.json "notes") go to the local notes of neurons that have none."""
     with tempfile.TemporaryDirectory(prefix="neurorit-upload-") as tmp:
         folder = unpack_mask_upload(files, Path(tmp) / "mask")
         mask = NeuronMask.load(folder, model, strict=strict)
-    return mask, save_mask(mask)
+        carried = notes.from_record(store.read_json(folder / MASK_JSON).get("notes"), where=f"the uploaded {MASK_JSON}")
+    saved = save_mask(mask)
+    members = set(mask.neurons.neurons())
+    notes.merge_notes(mask.model.fingerprint, {n: note for n, note in carried.items() if n in members})
+    return mask, saved

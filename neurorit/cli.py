@@ -479,13 +479,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from neurorit.masks import bake, check_export_target
+    from neurorit.notes import notes_of, to_record
 
     check_export_target(Path(args.out), overwrite=args.overwrite)  # before loading the model
     file_cfg = _load_config_file(args)
     model = _model(args, file_cfg)
     mask = _load_mask(args.mask, model, not args.loose)
-    out = bake(mask, model, Path(args.out), strict=not args.loose, overwrite=args.overwrite)
-    print(f"baked checkpoint ({len(mask.neurons)} neurons scaled by the mask) written to {out}; "
+    notes = to_record(notes_of(mask.model.fingerprint, mask.neurons.neurons()))  # the neurons' notes travel along
+    out = bake(mask, model, Path(args.out), strict=not args.loose, overwrite=args.overwrite, notes=notes)
+    print(f"baked checkpoint ({len(mask.neurons)} neurons scaled by the mask"
+          f"{f', {len(notes)} with notes' if notes else ''}) written to {out}; "
           "load it with transformers.AutoModelForCausalLM.from_pretrained")
     return 0
 
@@ -722,6 +725,169 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build (or extend from the cache) the activation index of a dataset and print where it is."""
+    import time
+
+    from neurorit.activations import DEFAULT_VIEWS, build_index, check_index_settings, index_dir
+
+    views = check_index_settings(_str_list(args.views) or DEFAULT_VIEWS, args.top_k, args.window, args.n_bins)
+    file_cfg = _load_config_file(args)
+    prompts = _prompt_config(args, file_cfg)
+    examples = _examples(args, file_cfg)
+    model = _model(args, file_cfg)
+    on_progress, close = _progress_adapter(args.job_id, args.quiet)
+    start = time.perf_counter()
+    try:
+        index = build_index(model, examples, views=views, prompt_config=prompts, top_k=args.top_k,
+                            window=args.window, n_bins=args.n_bins, use_cache=True, on_progress=on_progress)
+    finally:
+        close()
+    seconds = time.perf_counter() - start
+    folder = index_dir(index)
+    if args.job_id:
+        from neurorit.jobs import JobReporter
+
+        JobReporter(args.job_id).artifact("index", folder)
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    print(f"activation index of {index.n_examples} examples x {len(views)} views ({', '.join(views)}) on "
+          f"{index.model.describe()}: {index.provenance.get('n_prompts', 0)} prompts, {seconds:.1f} s")
+    skipped = index.provenance.get("skipped", [])
+    if skipped:
+        print(f"{len(skipped)} (example, view) pair(s) without a prompt, e.g. {skipped[0]['example_id']} "
+              f"{skipped[0]['view']}: {skipped[0]['reason'][:120]}")
+    print(f"{index.bytes_per_neuron()} bytes per neuron, {size / 2**20:.1f} MiB on disk")
+    print(f"index: {folder}")
+    return 0
+
+
+def _context_text(context: Any) -> str:
+    """A top context on one line, the hit in [brackets]."""
+    tokens = list(context.tokens)
+    tokens[context.center] = f"[{tokens[context.center]}]"
+    return "".join(tokens).replace("\n", "\\n")
+
+
+def _print_card(card: Any) -> None:
+    f = lambda x: "-" if x is None or x != x else f"{x:.3g}"  # noqa: E731  NaN -> '-'
+    print(f"neuron {card.layer}:{card.index} of {card.model} (weights {card.fingerprint}; activation index "
+          f"{card.index_key}, {card.n_examples} examples)")
+    print("top contexts:")
+    for c in card.contexts[:10]:
+        where = f"{c.region} passage {c.passage}" if c.passage else c.region
+        print(f"  {c.activation:8.3f}  {c.example_id} {c.view} @{c.position} ({where}): {_context_text(c)}")
+    print("last-token activation by view: " + "; ".join(
+        f"{v.view} mean {f(v.mean)}, median {f(v.median)} (n {v.n})" for v in card.by_view))
+    print("tokens by passage type: " + "; ".join(
+        f"{r.region} mean {f(r.mean)}, q10/q50/q90 {f(r.q10)}/{f(r.q50)}/{f(r.q90)} (n {r.n_tokens})"
+        for r in card.by_region))
+    if card.rank_test is not None:
+        t = card.rank_test
+        print(f"relevant vs irrelevant (last token, Mann-Whitney U): U {t.u:.1f}, p {t.p_value:.3g}, "
+              f"rank-biserial {t.rank_biserial:+.3f} (n {t.n_relevant} / {t.n_irrelevant})")
+    print("promotes: " + ", ".join(f"{e.token!r} {e.logit:+.3f}" for e in card.promoted))
+    print("suppresses: " + ", ".join(f"{e.token!r} {e.logit:+.3f}" for e in card.suppressed))
+    if card.direct is not None:
+        d = card.direct
+        print(f"direct effect on {d.example_id} ({d.view}), gold first token {d.gold_token!r}: activation "
+              f"{d.activation:.3f} x weight {d.weight:+.4f} = {d.contribution:+.4f} logit ({d.source})")
+    if card.ig is not None:
+        g = card.ig
+        print(f"IG (mined on {g.n_examples} examples): relevant mean {g.relevant_mean:.3g} (selected "
+              f"{g.relevant_frequency:.0%}), irrelevant mean {g.irrelevant_mean:.3g} (selected "
+              f"{g.irrelevant_frequency:.0%}); in sets: {', '.join(g.sets) or 'none'}")
+    if card.masks:
+        print("in masks: " + "; ".join(f"{m.name} (scale {m.scale:g})" for m in card.masks))
+    if card.switch_off is not None:
+        s = card.switch_off
+        print(f"switched off alone ({s.view}, {len(s.example_ids)} examples): gold log-prob change "
+              f"{s.neuron.mean:+.4f} [{s.neuron.low:+.4f}, {s.neuron.high:+.4f}]; random neuron "
+              f"{card.layer}:{s.random_index}: {s.random.mean:+.4f} [{s.random.low:+.4f}, {s.random.high:+.4f}]")
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    """Print one neuron's card (and write it as JSON with --json)."""
+    from neurorit.activations import find_indexes, load_index
+    from neurorit.neuron_card import neuron_card
+
+    neurons = _neuron_list(args.neuron)
+    if len(neurons) != 1:
+        raise UsageError(f"`neurorit card` takes one neuron 'layer:index', e.g. 12:404; got {args.neuron!r}.")
+    (layer, index), = neurons
+    file_cfg = _load_config_file(args)
+    model = _model(args, file_cfg)
+    if args.index in (None, "auto"):
+        found = find_indexes(model)
+        if not found:
+            raise UsageError("no activation index of this model's weights in the cache; build one with "
+                             "`neurorit index --data ...`, or pass --index PATH.")
+        path = found[0]
+    else:
+        path = Path(args.index)
+    activation_index = load_index(path, model)
+    mined = None
+    if args.mined:
+        from neurorit.mining import MinedNeurons
+
+        mined = MinedNeurons.load(Path(args.mined), model)
+    masks = {m: _load_mask(m, model, strict=False) for m in (args.mask or [])}
+    examples = example = None
+    if args.data:
+        examples = _examples(args, file_cfg)
+        example = examples[0]
+        if args.example:
+            example = next((e for e in examples if e.id == args.example), None)
+            if example is None:
+                raise UsageError(f"no example with id {args.example!r} in the data (first ids: "
+                                 f"{[e.id for e in examples[:5]]}).")
+    card = neuron_card(model, layer, index, activation_index=activation_index, mined=mined, masks=masks,
+                       examples=examples if args.switch_off > 0 else None, example=example, view=args.view,
+                       n_switch_off=max(args.switch_off, 1))
+    _print_card(card)
+    if args.json:
+        from neurorit.store import write_text_atomic
+
+        write_text_atomic(Path(args.json), json.dumps(card.to_json(), indent=2) + "\n")
+        print(f"card: {args.json}")
+    return 0
+
+
+def cmd_passages(args: argparse.Namespace) -> int:
+    """Which passage drives the answer: leave-one-out and IG per passage of one example's noisy view."""
+    from neurorit.passages import PassageConfig, attribute_passages
+
+    config = PassageConfig() if args.steps is None else PassageConfig(  # more first-pass nodes raise the ceiling
+        n_steps=args.steps, max_steps=max(args.steps, PassageConfig.max_steps))
+    file_cfg = _load_config_file(args)
+    prompts = _prompt_config(args, file_cfg)
+    examples = _examples(args, file_cfg)
+    matches = [e for e in examples if e.id == args.example]
+    if not matches:
+        raise UsageError(f"no example with id {args.example!r} in the data (first ids: {[e.id for e in examples[:5]]}).")
+    model = _model(args, file_cfg)
+    neurons = _load_set(args.mined, args.set, model)[1] if args.mined else None
+    on_progress, close = _progress_adapter(args.job_id, args.quiet)
+    try:
+        result = attribute_passages(model, matches[0], prompts, config, neurons=neurons, on_progress=on_progress)
+    finally:
+        close()
+    print(f"example {result.example_id} ({result.view} view): gold answer log-prob {result.logprob:.4f} with "
+          f"every passage")
+    table = result.table()[["passage", "relevant", "loo_delta", "ig_sum", "share", "title"]]
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"completeness: sum of IG {float(result.token_ig.sum()):.4f} vs f(x) - f(x') "
+          f"{result.f_input - result.f_baseline:.4f} ({config.baseline} baseline over the {config.scope}, "
+          f"{result.config['steps_used']} nodes in {len(result.config['intervals'])} intervals): "
+          f"gap {result.gap:+.2e}, relative {result.relative_gap:.2%}")
+    if neurons is not None:
+        print(f"top neurons of {neurons.label} ({len(result.neurons)}) by mean activation on each passage:")
+        print(result.top_neurons(3).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.json:
+        result.save(Path(args.json))
+        print(f"passages: {args.json}")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from neurorit import jobs
 
@@ -732,9 +898,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         job, folder = submit_study(Path(inner.spec), Path(inner.out) if inner.out else None)
         print(f"submitted {job.id} ({job.state}) for {folder}; follow it with `neurorit jobs show {job.id}`")
         return 0
-    if not args.rest or args.rest[0] not in ("mine", "evaluate", "ablate", "train", "resume"):
-        raise UsageError("`neurorit submit` runs `mine`, `evaluate`, `ablate`, `train` or `resume` as a background job, e.g. "
-                         "`neurorit submit mine --data demo`.")
+    if not args.rest or args.rest[0] not in ("mine", "evaluate", "ablate", "index", "train", "resume"):
+        raise UsageError("`neurorit submit` runs `mine`, `evaluate`, `ablate`, `index`, `train` or `resume` as a background "
+                         "job, e.g. `neurorit submit mine --data demo`.")
     if args.rest[0] in ("train", "resume"):  # refuse a bad training config now, not in a failed job
         inner = build_parser().parse_args(list(args.rest))
         if args.rest[0] == "train":
@@ -744,6 +910,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:  # refuse a bad config file or a negative --limit / --offset now, not in a failed job
         inner = build_parser().parse_args(list(args.rest))
         _selection(inner, _load_config_file(inner))
+        if args.rest[0] == "index":
+            from neurorit.activations import DEFAULT_VIEWS, check_index_settings
+
+            check_index_settings(_str_list(inner.views) or DEFAULT_VIEWS, inner.top_k, inner.window, inner.n_bins)
     job = jobs.submit(args.rest[0], list(args.rest))
     print(f"submitted {job.id} ({job.state}); follow it with `neurorit jobs show {job.id}`")
     return 0
@@ -948,9 +1118,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-id", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_retrieve)
 
-    p = sub.add_parser("submit", help="run mine / evaluate / ablate / train / resume as a background job")
+    p = sub.add_parser("index", help="record every neuron's activations on a dataset (last token per view, top "
+                       "contexts, activations by passage type): the data of the neuron cards")
+    _add_common(p), _add_model_args(p), _add_data_args(p)
+    p.add_argument("--views", help="comma-separated views (default relevant,noisy,irrelevant,closed_book)")
+    p.add_argument("--top-k", type=int, default=20, help="top-activating tokens kept per neuron (default 20)")
+    p.add_argument("--window", type=int, default=8, help="tokens kept on each side of a top token (default 8)")
+    p.add_argument("--n-bins", type=int, default=256, help="histogram bins of the per-region quantiles (default 256)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("card", help="one neuron's card: top contexts, activation by view and passage type, "
+                       "promoted tokens, IG record, masks, switch-off test")
+    p.add_argument("neuron", help="the neuron as layer:index, e.g. 12:404")
+    _add_common(p), _add_model_args(p), _add_data_args(p)
+    p.add_argument("--index", default="auto", help="an activation index folder, or 'auto' (default): the newest "
+                   "index of the model's weights in the cache")
+    p.add_argument("--mined", help="a mined folder: the neuron's IG scores and sets")
+    p.add_argument("--mask", action="append", help="a saved mask folder (repeat): does it hold the neuron?")
+    p.add_argument("--example", help="with --data: the example of the direct effect (default: the first)")
+    p.add_argument("--view", default="noisy", help="view of the direct effect and switch-off test (default noisy)")
+    p.add_argument("--switch-off", type=int, default=8, metavar="N",
+                   help="with --data: switch the neuron off alone on the first N examples (default 8; 0 = skip)")
+    p.add_argument("--json", metavar="OUT", help="also write the whole card as JSON to OUT")
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("passages", help="which passage drives the answer: leave-one-out and IG over the input "
+                       "embeddings, per passage of one example's noisy view (see neurorit.passages)")
+    _add_common(p), _add_model_args(p), _add_data_args(p)
+    p.add_argument("--example", required=True, help="the example id")
+    p.add_argument("--mined", help="a mined folder: the mean activation of its --set on each passage")
+    p.add_argument("--set", default="irrelevant-exclusive", help="which mined set (default irrelevant-exclusive)")
+    p.add_argument("--steps", type=int, help="IG nodes of the first pass, in intervals of 8 Gauss-Legendre nodes "
+                   "(default 32); intervals that miss completeness are then bisected (up to 512 nodes)")
+    p.add_argument("--json", metavar="OUT", help="also write the whole result as JSON to OUT")
+    p.set_defaults(func=cmd_passages)
+
+    p = sub.add_parser("submit", help="run mine / evaluate / ablate / index / train / resume as a background job")
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="COMMAND ...",
-                   help="mine, evaluate, ablate, train or resume and its options, e.g. `mine --data demo --limit 10`")
+                   help="mine, evaluate, ablate, index, train or resume and its options, e.g. `mine --data demo --limit 10`")
     p.set_defaults(func=cmd_submit)
     return parser
 

@@ -342,13 +342,18 @@ def _dtype_of(module: Any) -> torch.dtype:
     return next(iter(module.parameters())).dtype
 
 
-def bake(mask: NeuronMask, model: Any, out_dir: Path, *, strict: bool = True, overwrite: bool = False) -> Path:
+def bake(
+    mask: NeuronMask, model: Any, out_dir: Path, *, strict: bool = True, overwrite: bool = False,
+    notes: dict[str, Any] | None = None,
+) -> Path:
     """Write a plain Hugging Face checkpoint (weights, config, tokenizer) with the mask multiplied in.
 
     Uses the model's current weights, so a fine-tuned model bakes too (`strict=False` accepts
     weights other than the mined ones). Writes `out_dir/neurorit_mask.json` with the provenance:
-    the marker of an export. Refuses an `out_dir` that is a file, and a non-empty one unless
-    `overwrite=True` and it is an earlier export (never deletes anything else). The new export is
+    the marker of an export, and `notes` there when given (notes.to_record of the notes on the
+    mask's neurons: they travel with the export; readers that do not know the field ignore it).
+    Refuses an `out_dir` that is a file, and a non-empty one unless `overwrite=True` and it is an
+    earlier export (never deletes anything else). The new export is
     written beside `out_dir` and swapped in (see store.atomic_dir): a crash leaves the old one.
     """
     from transformers import AutoModelForCausalLM
@@ -378,6 +383,9 @@ def bake(mask: NeuronMask, model: Any, out_dir: Path, *, strict: bool = True, ov
         plain.save_pretrained(tmp)
         if getattr(model, "tokenizer", None) is not None:
             model.tokenizer.save_pretrained(tmp)
-        store.write_json(tmp / BAKED_MASK_JSON, {**mask.to_json(), "baked_into": str(out_dir)})
+        record = {**mask.to_json(), "baked_into": str(out_dir)}
+        if notes:
+            record["notes"] = notes
+        store.write_json(tmp / BAKED_MASK_JSON, record)
     log.info("baked mask %s (%d neurons) into %s", mask.key(), len(mask), out_dir)
     return out_dir

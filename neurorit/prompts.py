@@ -2,9 +2,11 @@
 
 Owns: the four views of METHOD.md (relevant-only, irrelevant-only, noisy mix, closed book),
 `PromptConfig` (instruction, distractor count, position of the relevant passage, passage
-truncation), rendering through the tokenizer's chat template, the answer tokens that continue the
-prompt, and `add_distractors` (noise for datasets that ship without irrelevant passages). Must
-not: run models, or load tokenizers or datasets (both come in as arguments).
+truncation), rendering through the tokenizer's chat template (also for a chosen list of passages:
+`build_prompt_from_passages`), the answer tokens that continue the prompt, the token spans of the
+passages and the question (`passage_spans`), and `add_distractors` (noise for datasets that ship
+without irrelevant passages). Must not: run models, or load tokenizers or datasets (both come in as
+arguments).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class Prompt:
     answer_ids: tuple[int, ...]  # tokens of the first gold alias as a continuation of the prompt
     passages: tuple[Passage, ...]  # the passages shown, in order
     truncated: bool  # some passage was cut to max_passage_tokens
+    question: str = ""  # the question as shown (stripped); "" for prompts built by hand
 
     @property
     def n_tokens(self) -> int:
@@ -152,13 +155,14 @@ def _truncate(passages: tuple[Passage, ...], limit: int, tokenizer: Any, example
     return tuple(out), truncated
 
 
+def _passage_line(i: int, p: Passage) -> str:
+    return f"Passage {i} ({p.title}): {p.text}" if p.title else f"Passage {i}: {p.text}"
+
+
 def _user_message(example: RagExample, passages: tuple[Passage, ...], config: PromptConfig) -> str:
     if not passages:
         return f"{config.closed_book_instruction}\n\nQuestion: {example.question.strip()}"
-    lines = [
-        f"Passage {i} ({p.title}): {p.text}" if p.title else f"Passage {i}: {p.text}"
-        for i, p in enumerate(passages, start=1)
-    ]
+    lines = [_passage_line(i, p) for i, p in enumerate(passages, start=1)]
     return f"{config.instruction}\n\n" + "\n\n".join(lines) + f"\n\nQuestion: {example.question.strip()}"
 
 
@@ -188,7 +192,19 @@ def build_prompt(
     if view not in VIEWS:
         raise ConfigError(f"view {view!r} is not allowed; expected one of {list(VIEWS)}.")
     passages = _select_passages(example, view, config)
-    passages, truncated = _truncate(passages, config.max_passage_tokens, tokenizer, example.id)
+    return build_prompt_from_passages(example, passages, view, config, tokenizer, max_tokens=max_tokens)
+
+
+def build_prompt_from_passages(
+    example: RagExample, passages: Sequence[Passage], view: str, config: PromptConfig, tokenizer: Any, *,
+    max_tokens: int | None = None,
+) -> Prompt:
+    """The prompt showing exactly `passages`, in order, under the template of build_prompt.
+
+    For variants of a view (e.g. the noisy view with one passage left out); no passage shows the
+    closed-book instruction. `view` is recorded only. max_tokens as in build_prompt.
+    """
+    passages, truncated = _truncate(tuple(passages), config.max_passage_tokens, tokenizer, example.id)
     text = render(_user_message(example, passages, config), config, tokenizer)
     token_ids = tuple(tokenizer(text, add_special_tokens=False).input_ids)
     answer = example.answers[0].strip()
@@ -205,8 +221,56 @@ def build_prompt(
         )
     return Prompt(
         example_id=example.id, view=view, text=text, token_ids=token_ids, answer_ids=answer_ids,
-        passages=passages, truncated=truncated,
+        passages=passages, truncated=truncated, question=example.question.strip(),
     )
+
+
+@dataclass(frozen=True)
+class PromptSpans:
+    """Token spans [start, end) of a prompt's parts (indices into Prompt.token_ids)."""
+
+    passages: tuple[tuple[int, int], ...]  # one per Prompt.passages: its whole line "Passage i (title): text"
+    question: tuple[int, int] | None  # the line "Question: ...", None when the prompt records no question
+
+
+def passage_spans(prompt: Prompt, tokenizer: Any) -> PromptSpans:
+    """Where each passage and the question sit in the prompt's tokens.
+
+    A token belongs to a part when its characters overlap the part's line (a token straddling two
+    parts goes to the first); spans never overlap. Needs a fast tokenizer (character offsets).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"passage_spans needs a fast tokenizer (character offsets); got {type(tokenizer).__name__}.")
+    encoded = tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
+    if tuple(encoded.input_ids) != prompt.token_ids:
+        raise DataError(
+            f"example {prompt.example_id}: the prompt's tokens are not this tokenizer's tokens of its text; "
+            "was the prompt built with another tokenizer?"
+        )
+    offsets = [tuple(o) for o in encoded["offset_mapping"]]
+    chars: list[tuple[int, int]] = []
+    at = 0
+    for i, passage in enumerate(prompt.passages, start=1):
+        line = _passage_line(i, passage)
+        start = prompt.text.find(line, at)
+        if start < 0:
+            raise DataError(f"example {prompt.example_id}: passage {i} is not in the prompt text.")
+        chars.append((start, start + len(line)))
+        at = start + len(line)
+    question = None
+    if prompt.question:
+        line = f"Question: {prompt.question}"
+        start = prompt.text.rfind(line, at)
+        if start < 0:
+            raise DataError(f"example {prompt.example_id}: the question is not in the prompt text.")
+        question = (start, start + len(line))
+    spans: list[tuple[int, int]] = []
+    for lo, hi in chars + ([question] if question else []):
+        first = next((t for t, (s, e) in enumerate(offsets) if e > lo and e > s), len(offsets))
+        end = next((t for t, (s, e) in enumerate(offsets) if s >= hi), len(offsets))
+        first = max(first, spans[-1][1] if spans else 0)
+        spans.append((first, max(first, end)))
+    return PromptSpans(passages=tuple(spans[: len(chars)]), question=spans[-1] if question else None)
 
 
 def _draw_order(size: int, n: int, seed: int, example_id: str) -> Iterator[int]:

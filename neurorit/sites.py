@@ -1,7 +1,8 @@
 """Where neurons live, per architecture: the one table that spells hook names and weight paths.
 
 Owns: for each supported Hugging Face architecture, the TransformerLens hook that carries the MLP
-hidden activation (the neuron) and the Hugging Face weight that reads it (the output projection).
+hidden activation (the neuron) and the Hugging Face weight that reads it (the output projection);
+and the hook of the token embeddings (`EMBED_HOOK`), the same on every architecture.
 Must not: load models or run them. Nothing else in neurorit writes a hook name or a weight path.
 """
 
@@ -38,6 +39,10 @@ _LLAMA_LIKE = NeuronSite(
     down_proj="model.layers.{layer}.mlp.down_proj.weight",
     neuron_axis=1,
 )
+
+EMBED_HOOK = "hook_embed"
+"""The token embeddings entering block 0 (`embed.hook_out` on the bridge; positional embeddings,
+where an architecture has them, are added after it), [batch, pos, d_model] on every architecture."""
 
 SITES: dict[str, NeuronSite] = {
     "LlamaForCausalLM": _LLAMA_LIKE,

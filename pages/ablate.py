@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from app import artifacts, forms, resources, state, views
+from app import artifacts, card_view, forms, resources, state, views
 from app.progress import StreamlitProgress
 from neurorit.data import examples_fingerprint
 from neurorit.errors import NeuroritError
@@ -115,7 +115,13 @@ st.markdown(f"**{len(neuron_set)} neurons** in {layers_hit} layer(s) · `{neuron
 if scale == 1.0:
     st.info("Scale 1 leaves every neuron unchanged: the answers after equal the answers before.")
 with st.expander("Neurons per layer"):
-    st.plotly_chart(views.set_counts_figure({"switched": neuron_set.counts_per_layer()}), key="ablate.counts")
+    bar = card_view.selected_neuron(st.plotly_chart(card_view.clickable_bars(  # a bar opens its layer's first neuron
+        views.set_counts_figure({"switched": neuron_set.counts_per_layer()}), [card_view.strongest_per_layer(neuron_set)],
+        what="first"), key="ablate.counts", on_select="rerun", selection_mode="points"))
+    st.caption("Click a bar to open the card of that layer's first switched neuron; every switched neuron is listed "
+               "at the bottom of the page.")
+    if bar is not None:
+        st.switch_page(card_view.CARD_PAGE, query_params=card_view.card_query(bar))
 
 # ---- one example --------------------------------------------------------------------------------
 def show_whatif(w) -> None:  # type: ignore[no-untyped-def]
@@ -194,3 +200,15 @@ if st.button("Save the mask"):
         st.success(f"Saved mask {mask.key()} ({len(mask)} neurons, scale {scale:g}) to {folder}")
     except NeuroritError as exc:
         st.error(str(exc))
+
+# ---- the switched neurons, each a click from its card ------------------------------------------
+st.subheader("The switched neurons")
+neuron_notes, notes_problem = card_view.table_notes(ident.fingerprint)
+if notes_problem:
+    st.warning(notes_problem)
+switched = card_view.neurons_frame(neuron_set.neurons()[:500], neuron_notes)
+row = card_view.selected_row_neuron(st.dataframe(switched, hide_index=True, key="ablate.neurons", on_select="rerun",
+                                                 selection_mode="single-row", height=240), switched)
+st.caption(f"{len(neuron_set)} neurons (at most 500 listed), note: your label. Click a row to open the neuron's card.")
+if row is not None:
+    st.switch_page(card_view.CARD_PAGE, query_params=card_view.card_query(row))

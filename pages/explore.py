@@ -6,7 +6,8 @@ import time
 
 import streamlit as st
 
-from app import artifacts, forms, resources, state, views
+from app import artifacts, card_view, forms, resources, state, views
+from app import passages_panel
 from app.progress import StreamlitProgress
 from neurorit.data import examples_fingerprint
 from neurorit.errors import NeuroritError
@@ -116,12 +117,15 @@ for col, (view, s) in zip(cols, scores.items()):
 # ---- heatmaps ---------------------------------------------------------------------------------
 st.subheader("Attribution: layer × neuron")
 tabs = st.tabs(["Relevant view", "Irrelevant view", "Irrelevant − relevant"])
-with tabs[0]:
-    st.plotly_chart(views.heatmap_figure(rel, title=f"{label} scores, relevant view"), key="heat.relevant")
-with tabs[1]:
-    st.plotly_chart(views.heatmap_figure(irr, title=f"{label} scores, irrelevant view"), key="heat.irrelevant")
-with tabs[2]:
-    st.plotly_chart(views.heatmap_figure(views.difference_grid(irr, rel), title="irrelevant − relevant"), key="heat.diff")
+clicked = []  # a click on a cell, a bar or a table row opens that neuron's card
+for tab, grid, title, key in ((tabs[0], rel, f"{label} scores, relevant view", "heat.relevant"),
+                              (tabs[1], irr, f"{label} scores, irrelevant view", "heat.irrelevant"),
+                              (tabs[2], views.difference_grid(irr, rel), "irrelevant − relevant", "heat.diff")):
+    with tab:
+        clicked.append(card_view.selected_neuron(st.plotly_chart(
+            card_view.clickable_heatmap(views.heatmap_figure(grid, title=title)), key=key, on_select="rerun",
+            selection_mode="points")))
+st.caption("Click a cell (or a bar, or a table row below) to open that neuron's card.")
 
 # ---- sets -------------------------------------------------------------------------------------
 st.subheader("Neuron sets of this example")
@@ -131,7 +135,11 @@ state.set_shared_set({"model": loaded.key, "example_id": example.id, "method": s
 metrics = st.columns(len(sets))
 for col, (name, s) in zip(metrics, sets.items()):
     col.metric(name, len(s))
-st.plotly_chart(views.set_counts_figure(sets, title="Neurons per layer (selection rule in the sidebar)"), key="counts")
+strength = card_view.strength(rel, irr)  # a bar opens its layer's strongest neuron of that set
+clicked.append(card_view.selected_neuron(st.plotly_chart(card_view.clickable_bars(
+    views.set_counts_figure(sets, title="Neurons per layer (selection rule in the sidebar)"),
+    [card_view.strongest_per_layer(s.grid, strength) for s in sets.values()]), key="counts", on_select="rerun",
+    selection_mode="points")))
 
 # ---- top neurons ------------------------------------------------------------------------------
 st.subheader("Top neurons")
@@ -140,13 +148,20 @@ top = views.top_neurons(scores, k)
 promo_key = ("promoted", ident.fingerprint, tuple(top))
 if promo_key not in results:
     results[promo_key] = views.promoted_tokens(model, top, k=5)
-st.dataframe(
-    views.top_neurons_frame(scores, k=k, promoted=results[promo_key]), hide_index=True,
+neuron_notes, notes_problem = card_view.table_notes(ident.fingerprint)
+if notes_problem:
+    st.warning(notes_problem)
+top_frame = card_view.with_notes(views.top_neurons_frame(scores, k=k, promoted=results[promo_key]), neuron_notes)
+clicked.append(card_view.selected_row_neuron(st.dataframe(
+    top_frame, hide_index=True, key="explore.top", on_select="rerun", selection_mode="single-row",
     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in
                    ("score_relevant", "score_irrelevant", "irrelevant_minus_relevant")},
-)
+), top_frame))
 st.caption("top_tokens: the tokens each neuron's output weights raise most (W_out row projected through the unembedding). "
-           "Click a column header to sort.")
+           "note: your label of the neuron (on its card). Click a column header to sort, a row to open the neuron's card.")
+picked = next((n for n in clicked if n is not None), None)
+if picked is not None:
+    st.switch_page(card_view.CARD_PAGE, query_params=card_view.card_query(picked))
 
 # ---- save -------------------------------------------------------------------------------------
 st.subheader("Keep a set")
@@ -166,3 +181,6 @@ if c2.button("Save as a mask (scale 0)"):
             st.success(f"Saved mask {mask.key()} ({len(mask)} neurons) to {folder}")
         except NeuroritError as exc:
             st.error(str(exc))
+
+# ---- passages ---------------------------------------------------------------------------------
+passages_panel.render(model, example, prompt_config, results=results, lock=loaded.lock, example_sets=sets)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import artifacts, forms, resources, state, views
+from app import artifacts, card_view, forms, resources, state, views
 from neurorit import store
 from neurorit.errors import NeuroritError
 from neurorit.masks import NeuronMask, bake
@@ -57,7 +57,24 @@ with c1:
                f"`{(entry.meta.get('model') or {}).get('fingerprint', '?')}` · folder `{entry.folder}`")
 with c2:
     counts = entry.meta.get("counts_per_layer") or []
-    st.plotly_chart(views.set_counts_figure({"neurons": counts}, title="Neurons with scale ≠ 1 per layer"), key="masks.counts")
+    try:  # a bar opens its layer's neuron whose scale is furthest from 1 (the first of equals); a row, its neuron
+        picked_mask = NeuronMask.load(entry.folder)
+        members = picked_mask.neurons
+        neuron_notes, notes_problem = card_view.table_notes(picked_mask.model.fingerprint)
+        bar = card_view.selected_neuron(st.plotly_chart(card_view.clickable_bars(
+            views.set_counts_figure({"neurons": counts}, title="Neurons with scale ≠ 1 per layer"),
+            [card_view.strongest_per_layer(members, (picked_mask.scale - 1).abs())], what="first"),
+            key="masks.counts", on_select="rerun", selection_mode="points"))
+        listed = members.neurons()[:500]
+        table = card_view.neurons_frame(listed, neuron_notes, extra={"scale": [float(picked_mask.scale[n]) for n in listed]})
+        row = card_view.selected_row_neuron(st.dataframe(table, hide_index=True, key="masks.neurons", height=200,
+                                                         on_select="rerun", selection_mode="single-row"), table)
+        st.caption(f"{len(members)} neurons (at most 500 listed); note: your label. Click a bar or a row to open a "
+                   "neuron's card." + (f" {notes_problem}" if notes_problem else ""))
+        if (bar or row) is not None:
+            st.switch_page(card_view.CARD_PAGE, query_params=card_view.card_query(bar or row))
+    except NeuroritError as exc:
+        st.error(str(exc))
 try:
     st.download_button("Download mask (.zip)", data=artifacts.mask_zip_bytes(entry.folder),
                        file_name=f"neurorit-mask-{entry.key[:12]}.zip", mime="application/zip", type="primary", on_click="ignore")
@@ -77,7 +94,8 @@ if st.button("Export the baked checkpoint"):
         try:
             with st.spinner("Baking…"), loaded.lock:
                 mask = NeuronMask.load(entry.folder, loaded.model, strict=not allow_other)
-                folder = bake(mask, loaded.model, Path(out).expanduser(), strict=not allow_other, overwrite=overwrite)
+                folder = bake(mask, loaded.model, Path(out).expanduser(), strict=not allow_other, overwrite=overwrite,
+                              notes=artifacts.mask_notes(entry.folder))  # the neurons' notes travel along
             st.success(f"Baked {len(mask)} neurons into {folder}")
         except NeuroritError as exc:
             st.error(str(exc))

@@ -6,7 +6,7 @@ import random
 
 import streamlit as st
 
-from app import artifacts, compare_panel, forms, jobs_client, resources, state, views
+from app import artifacts, card_view, compare_panel, forms, jobs_client, resources, state, views
 from app.progress import cancel_button, read_job_table
 from neurorit.errors import NeuroritError
 from neurorit.models import BUNDLED_MODEL
@@ -127,13 +127,35 @@ if gap is not None:
     st.badge(f"completeness gap: median {mined.provenance.get('median_relative_gap', 0):.2%}, worst {gap:.2%}", color=color)
 if mined.provenance.get("skipped"):
     st.caption(f"Skipped (lacking a view): {', '.join(mined.provenance['skipped'][:20])}")
-st.plotly_chart(views.set_counts_figure(mined.counts_per_layer(), title="Set sizes per layer"), key="mine.counts")
+named = mined.named_sets()  # a bar opens its layer's most often selected neuron of that set; a row, its neuron
+clicked = [card_view.selected_neuron(st.plotly_chart(card_view.clickable_bars(
+    views.set_counts_figure(mined.counts_per_layer(), title="Set sizes per layer"),
+    [card_view.strongest_per_layer(named[n], *card_view.mined_strength(mined, n)) for n in named], what="most selected"),
+    key="mine.counts", on_select="rerun", selection_mode="points"))]
+set_name = st.selectbox("Neurons of the set", list(named), key=forms.init("w.mine.card_set", "irrelevant-exclusive"))
+neuron_notes, notes_problem = card_view.table_notes(ident.fingerprint)
+if notes_problem:
+    st.warning(notes_problem)
+set_frame = card_view.mined_neurons_frame(mined, set_name, neuron_notes)
+clicked.append(card_view.selected_row_neuron(st.dataframe(
+    set_frame, hide_index=True, key="mine.neurons", on_select="rerun", selection_mode="single-row", height=240), set_frame))
+st.caption(f"{len(named[set_name])} neurons, most often selected first (at most 200 shown); selected_*: fraction of "
+           "examples whose view selected it; ig_*: mean IG score; note: your label. Click a row or a bar to open a "
+           "neuron's card.")
 c1, c2 = st.columns(2)
 with c1:
-    st.plotly_chart(views.overlap_figure(mined.relevant, mined.irrelevant, title="Overlap: relevant vs irrelevant"), key="mine.overlap")
+    overlap = [mined.relevant - mined.irrelevant, mined.relevant & mined.irrelevant, mined.irrelevant - mined.relevant]
+    clicked.append(card_view.selected_neuron(st.plotly_chart(card_view.clickable_bars(
+        views.overlap_figure(mined.relevant, mined.irrelevant, title="Overlap: relevant vs irrelevant"),
+        [card_view.strongest_per_layer(part, *card_view.mined_strength(mined, name))
+         for part, name in zip(overlap, ("relevant", "shared", "irrelevant"))], what="most selected"),
+        key="mine.overlap", on_select="rerun", selection_mode="points")))
     st.dataframe(views.overlap_summary(mined.relevant, mined.irrelevant, names=("relevant", "irrelevant")), hide_index=True)
 with c2:
     st.plotly_chart(views.stability_figure(mined), key="mine.stability")
     st.dataframe(views.stability_frame(mined), hide_index=True)
 st.caption(f"Folder: `{entry.folder}`. The Ablate page can switch these sets off (source: Mined set).")
+picked = next((n for n in clicked if n is not None), None)
+if picked is not None:
+    st.switch_page(card_view.CARD_PAGE, query_params=card_view.card_query(picked))
 compare_panel.render()

@@ -319,3 +319,44 @@ def test_workbench_flow(browser_page: object, server: str) -> None:
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
         for path in SCREENSHOTS:
             shutil.copy2(path, DOCS_SHOTS / path.name)
+
+
+def test_a_heatmap_cell_opens_the_neuron_card_its_url_reopens_it_and_back_returns(browser_page: object, server: str) -> None:
+    """Explore's heatmap -> click a cell -> the card of that neuron (/neuron?n=L:i) -> Back returns to
+    Explore -> the card's URL, loaded afresh, opens the same card. (Written with the card page; the
+    heatmap's click targets are app/card_view.clickable_heatmap's invisible markers.)"""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    expect.set_options(timeout=HANG_GUARD)
+    _go(page, "Explore one example")
+    if page.get_by_role("button", name="Run preview").count() and "Run the preview" in _main_text(page):
+        _click(page, "Run preview")  # run alone (-k): this session has no attribution yet
+    heatmap = page.locator(".js-plotly-plot").first
+    expect(heatmap.locator(".xtitle")).to_have_text("neuron")
+    target = heatmap.locator("rect.nsewdrag").first
+    box = target.bounding_box()
+    since = _finished_runs(page)
+    target.click(position={"x": box["width"] * 0.37, "y": box["height"] * 0.5})  # a cell: the nearest target answers
+    _until_run_finished(page, since)
+    expect(page.get_by_role("heading", name="Neuron card")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/neuron\?n=\d+:\d+$"))
+    card_url = page.url
+    neuron = re.search(r"n=(\d+:\d+)$", card_url).group(1)  # type: ignore[union-attr]
+    expect(page.get_by_role("heading", name=f"Neuron {neuron}")).to_be_visible()
+    expect(page.get_by_text("What it writes")).to_be_visible()
+    _shot(page, "7-neuron-card", 2600)
+
+    since = _finished_runs(page)
+    page.go_back()  # the browser's Back button
+    _until_run_finished(page, since)
+    expect(page.get_by_role("heading", name="Explore one example")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/explore"))
+    expect(page.get_by_role("heading", name="Neuron card")).to_have_count(0)  # no stale click re-opens the card
+
+    page.goto(card_url)  # the address alone reopens the card (a new session)
+    _until_run_finished(page, 0)
+    expect(page.get_by_role("heading", name=f"Neuron {neuron}")).to_be_visible()
+    if os.environ.get("NEURORIT_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(OUT / "7-neuron-card.png", DOCS_SHOTS / "7-neuron-card.png")

@@ -21,15 +21,14 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from neurorit.errors import ConfigError, NeuroritError
+from neurorit.errors import NeuroritError
+from neurorit.neurons import Neuron, is_neuron_text
 from neurorit.notes import Note, load_notes
 
-Neuron = tuple[int, int]
 CARD_PAGE = "pages/neuron.py"
 CARD_URL_PATH = "neuron"
 NOTE_COLUMN = "note"
 CLICK_HINT = "<br><i>click: open this neuron's card</i>"
-_NEURON = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\d+)\s*$")
 
 
 # ---- addresses and search ----------------------------------------------------------------------
@@ -50,26 +49,12 @@ def card_url(neuron: Neuron) -> str:
     return f"/{CARD_URL_PATH}?n={neuron_param(neuron)}"
 
 
-def parse_neuron(text: str | None, n_layers: int, d_mlp: int) -> Neuron:
-    """'15:821' -> (15, 821), checked against the model; otherwise one ConfigError that says why."""
-    match = _NEURON.match(str(text or ""))
-    if not match:
-        raise ConfigError(f"a neuron is written layer:index, e.g. 15:821; got {str(text or '')!r}.")
-    layer, index = int(match.group(1)), int(match.group(2))
-    if not (0 <= layer < n_layers and 0 <= index < d_mlp):
-        raise ConfigError(
-            f"neuron {layer}:{index} is outside the model: it has layers 0-{n_layers - 1} and neurons "
-            f"0-{d_mlp - 1} per layer."
-        )
-    return layer, index
-
-
 def search_kind(text: str | None) -> str:
     """What the search box holds: 'neuron' (layer:index), 'token' (anything else), or 'empty'."""
     text = str(text or "")
     if not text.strip():
         return "empty"
-    return "neuron" if _NEURON.match(text) else "token"
+    return "neuron" if is_neuron_text(text) else "token"
 
 
 # ---- selections -> neuron ----------------------------------------------------------------------

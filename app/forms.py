@@ -66,31 +66,6 @@ def parse_counts(text: str | None, *, name: str = "counts", allow_empty: bool = 
     return out
 
 
-def parse_neurons(text: str | None, n_layers: int, d_mlp: int) -> list[tuple[int, int]]:
-    """'3:17, 12:404' -> [(3, 17), (12, 404)]; anything else -> ConfigError naming the bad part."""
-    out: list[tuple[int, int]] = []
-    for part in (text or "").replace(";", ",").replace("\n", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        pieces = part.split(":")
-        try:
-            if len(pieces) != 2:
-                raise ValueError
-            layer, index = int(pieces[0]), int(pieces[1])
-        except ValueError:
-            raise ConfigError(f"neurons are 'layer:index' pairs separated by commas (e.g. 3:17, 12:404); got {part!r}.") from None
-        if not (0 <= layer < n_layers and 0 <= index < d_mlp):
-            raise ConfigError(
-                f"neuron {part} is outside the model: layers 0-{n_layers - 1}, neurons 0-{d_mlp - 1}."
-            )
-        if (layer, index) not in out:
-            out.append((layer, index))
-    if not out:
-        raise ConfigError("no neurons given; type 'layer:index' pairs such as 3:17, 12:404.")
-    return out
-
-
 # ---- forms -----------------------------------------------------------------------------------
 
 

@@ -2,11 +2,10 @@
 
 Owns: every figure and table the workbench draws (layer x neuron attribution heatmaps, per-layer
 set counts, overlap and stability charts, the top-neuron table with the tokens each neuron
-promotes, answer / what-if / ablation tables, mask and job listings, a training run's loss
+promotes (given by neurorit.readout), answer / what-if / ablation tables, mask and job listings, a training run's loss
 curve, progress, runs list and before / after report), the health badge of a completeness gap,
 and turning an edited passage table back into an example. Must not: import
-streamlit, load models, or keep state. The one place that reads a model is `promoted_token_ids`
-(its weights, through `neurorit.models.hf_state_dict`; it runs nothing).
+streamlit, load models, read a model's weights (neurorit.readout does), or keep state.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ import torch
 
 from neurorit.attribution import NeuronScores
 from neurorit.data import Passage, RagExample
-from neurorit.errors import DataError, ModelLoadError
-from neurorit.models import hf_state_dict, neuron_site
-from neurorit.neurons import NeuronSet, SelectionRule, select_example
+from neurorit.errors import DataError
+from neurorit.neurons import Neuron, NeuronSet, SelectionRule, select_example
 
 if TYPE_CHECKING:
     from neurorit.training.report import TrainReport
@@ -38,7 +36,6 @@ SET_COLORS = {
 GAP_OK = 0.01  # completeness gap below 1 % of |f(x) - f(x')|: green
 GAP_WARN = 0.05  # below 5 %: amber; above: red (more IG steps, or Gauss-Legendre quadrature)
 
-Neuron = tuple[int, int]
 ROBUST_MIN_CELLS = 1000  # heatmaps with more cells clip their color range at a high quantile of |score|
 ROBUST_QUANTILE = 0.995
 
@@ -313,66 +310,6 @@ def top_neurons_frame(
         row["top_tokens"] = " · ".join(promoted.get((layer, index), ())) if promoted else ""
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
-
-
-_UNEMBEDDING_NAMES = ("lm_head.weight", "embed_out.weight")  # untied output heads (Llama family, GPT-NeoX)
-_TIED_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "embed_in.weight")
-
-
-def unembedding(model: Any, state: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """W_U as [d_vocab, d_model]: the output head, else the tied input embedding."""
-    state = state if state is not None else hf_state_dict(model)
-    d_model = int(model.cfg.d_model)
-    for name in _UNEMBEDDING_NAMES:
-        w = state.get(name)
-        if w is not None and w.ndim == 2 and w.shape[1] == d_model:
-            return w
-    for name, w in state.items():
-        if name.endswith(_TIED_EMBEDDING_SUFFIXES) and w.ndim == 2 and w.shape[1] == d_model:
-            return w
-    raise ModelLoadError(
-        f"cannot find the unembedding of {type(model).__name__}: expected one of {_UNEMBEDDING_NAMES} or a tied "
-        f"embedding ending in {_TIED_EMBEDDING_SUFFIXES} of width d_model={d_model}."
-    )
-
-
-def neuron_output_weights(model: Any, layer: int, state: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """W_out of one layer as [d_mlp, d_model]: row i is what neuron i adds to the residual stream."""
-    state = state if state is not None else hf_state_dict(model)
-    site = neuron_site(model)
-    w = state[site.down_proj_name(layer)]
-    return w if site.neuron_axis == 0 else w.T
-
-
-@torch.no_grad()
-def promoted_token_ids(model: Any, neurons: Sequence[Neuron], k: int = 5) -> dict[Neuron, list[int]]:
-    """For each neuron, the k token ids its output direction raises most: top-k of W_out[L][i] @ W_U^T.
-
-    A direct logit attribution of the neuron's weights (the final norm's scale is not applied).
-    """
-    if not neurons:
-        return {}
-    state = hf_state_dict(model)
-    w_u = unembedding(model, state).float()  # [d_vocab, d_model]
-    vocab = min(int(w_u.shape[0]), len(model.tokenizer)) if getattr(model, "tokenizer", None) is not None else int(w_u.shape[0])
-    out: dict[Neuron, list[int]] = {}
-    by_layer: dict[int, list[int]] = {}
-    for layer, index in neurons:
-        by_layer.setdefault(layer, []).append(index)
-    for layer, indices in by_layer.items():
-        rows = neuron_output_weights(model, layer, state)[indices].float().to(w_u.device)  # [n, d_model]
-        logits = rows @ w_u[:vocab].T  # [n, d_vocab]
-        top = logits.topk(min(k, vocab), dim=-1).indices.cpu().tolist()
-        for index, ids in zip(indices, top):
-            out[(layer, index)] = [int(t) for t in ids]
-    return out
-
-
-def promoted_tokens(model: Any, neurons: Sequence[Neuron], k: int = 5) -> dict[Neuron, list[str]]:
-    """promoted_token_ids decoded to readable strings (quoted, so spaces show)."""
-    ids = promoted_token_ids(model, neurons, k)
-    tokenizer = model.tokenizer
-    return {n: [repr(tokenizer.decode([t])) for t in ts] for n, ts in ids.items()}
 
 
 # ---- answers, what-if, ablation -----------------------------------------------------------------

@@ -67,6 +67,7 @@ from neurorit.configs import stable_hash
 from neurorit.data import RagExample, require_unique_ids
 from neurorit.errors import ArtifactError, ConfigError, DataError, ModelMismatchError
 from neurorit.models import ModelIdentity, model_identity, neuron_site
+from neurorit.neurons import check_neuron
 from neurorit.prompts import VIEWS, Prompt, PromptConfig, build_prompt, passage_spans
 from neurorit.types import ProgressFn, no_progress
 
@@ -320,13 +321,9 @@ class ActivationIndex:
 
     def check_neuron(self, layer: int, index: int) -> None:
         """ConfigError naming the grid when (layer, index) is not one of the index's neurons."""
-        if not (isinstance(layer, int) and isinstance(index, int) and 0 <= layer < self.n_layers
-                and 0 <= index < self.d_mlp):
-            raise ConfigError(
-                f"neuron {layer}:{index} is outside the activation index's grid of {self.n_layers} layers x "
-                f"{self.d_mlp} neurons; expected a layer in 0..{self.n_layers - 1} and an index in "
-                f"0..{self.d_mlp - 1}."
-            )
+        if not (isinstance(layer, int) and isinstance(index, int)):
+            raise ConfigError(f"a neuron is two integers (layer, index); got {layer!r}:{index!r}.")
+        check_neuron(layer, index, self.n_layers, self.d_mlp)
 
     def check_model(self, model: Any) -> None:
         """ModelMismatchError naming both when the model's weights are not the ones the index was built on."""
@@ -596,12 +593,7 @@ def neuron_activations_over_prompt(
 
     One forward, stopped after `layer`; only that layer is hooked.
     """
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    if not (0 <= layer < n_layers and 0 <= index < d_mlp):
-        raise ConfigError(
-            f"neuron {layer}:{index} is outside the model's grid of {n_layers} layers x {d_mlp} neurons; expected "
-            f"a layer in 0..{n_layers - 1} and an index in 0..{d_mlp - 1}."
-        )
+    check_neuron(layer, index, int(model.cfg.n_layers), int(model.cfg.d_mlp))
     prompt = _prompt(model, example, view, prompt_config)
     regions, passages, _ = _labels(prompt, model.tokenizer)
     values = _neuron_acts(model, prompt.token_ids, [layer])[:, 0, index].cpu()  # [pos]

@@ -49,19 +49,6 @@ def _str_list(text: str | None) -> tuple[str, ...] | None:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def _neuron_list(text: str) -> list[tuple[int, int]]:
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            layer, index = part.split(":")
-            out.append((int(layer), int(index)))
-        except ValueError:
-            raise UsageError(f"neurons are 'layer:index' pairs separated by commas, got {part!r}.") from None
-    return out
-
 
 def _progress_adapter(job_id: str | None, quiet: bool) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
     """A progress callback writing to a tqdm bar (stderr) and, for a job, to its record."""
@@ -388,7 +375,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_mask(args: argparse.Namespace) -> int:
     from neurorit.masks import NeuronMask, random_like
-    from neurorit.neurons import NeuronSet
+    from neurorit.neurons import NeuronSet, parse_neurons
     from neurorit.store import artifact_dir, check_folder_path
 
     if args.out:
@@ -405,7 +392,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
         provenance = {"mined": str(args.mined), "set": args.set, "mining": mined.provenance.get("mining"),
                       "data": mined.provenance.get("data"), "selection": mined.provenance.get("selection")}
     elif args.neurons:
-        neurons = NeuronSet.from_neurons(_neuron_list(args.neurons), n_layers, d_mlp, "hand-picked")
+        neurons = NeuronSet.from_neurons(parse_neurons(args.neurons, n_layers, d_mlp), n_layers, d_mlp, "hand-picked")
     else:
         if not 0 <= args.layer < n_layers:
             raise UsageError(f"--layer {args.layer} does not exist: the model has layers 0..{n_layers - 1}.")
@@ -809,11 +796,9 @@ def cmd_card(args: argparse.Namespace) -> int:
     """Print one neuron's card (and write it as JSON with --json)."""
     from neurorit.activations import find_indexes, load_index
     from neurorit.neuron_card import neuron_card
+    from neurorit.neurons import parse_neuron
 
-    neurons = _neuron_list(args.neuron)
-    if len(neurons) != 1:
-        raise UsageError(f"`neurorit card` takes one neuron 'layer:index', e.g. 12:404; got {args.neuron!r}.")
-    (layer, index), = neurons
+    layer, index = parse_neuron(args.neuron)
     file_cfg = _load_config_file(args)
     model = _model(args, file_cfg)
     if args.index in (None, "auto"):

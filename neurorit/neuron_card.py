@@ -3,13 +3,13 @@
 Owns: `neuron_card` and `NeuronCard` (frozen, `to_json()`): its top-activating contexts and its
 graded activation (last token by view, tokens by passage type, a Mann-Whitney U test of
 relevant-only vs irrelevant-only last-token activations), read from an activation index; what
-it writes (`token_effects`, `promoted_token_ids`: its output weight row through the unembedding)
+it writes (`token_effects`: its output weight row through the unembedding, via neurorit.readout)
 and its direct contribution to the gold answer's first-token logit; its IG record in a mined
 artifact and the saved masks that hold it; and "switch it off alone" (`switch_off_alone`: the
 change of the gold answer's log-prob when only it is zeroed, next to a random neuron of its
 layer). Must not: spell hook names, import streamlit, or draw (app/ and pages/ do).
 
-Approximation of the weight readings (as in app/views.py's promoted tokens): the final norm is
+Approximation of the weight readings (as in readout.promoted_token_ids): the final norm is
 not applied, neither its per-dimension weight nor the 1 / rms of the residual stream, so
 `W_out[i] . W_U[:, t]` is the direct logit effect of a unit activation up to that norm's scale;
 the direct contribution ignores the rest of the residual stream and the softmax (a logit, not a
@@ -40,12 +40,11 @@ from neurorit.mining import MinedNeurons
 from neurorit.models import hf_state_dict, model_identity
 from neurorit.neurons import NeuronSet
 from neurorit.prompts import PromptConfig, build_prompt
-from neurorit.readout import output_directions, unembedding
+from neurorit.readout import check_neuron, output_directions, unembedding, vocab_size
 from neurorit.stats import Interval, PairedComparison, mean_interval, paired_comparison
 
 log = logging.getLogger(__name__)
 
-Neuron = tuple[int, int]
 N_TOKENS = 10  # promoted / suppressed tokens shown
 N_SWITCH_OFF = 8  # examples of the switch-off test (a card should open in seconds on a CPU)
 
@@ -213,23 +212,17 @@ def _json_safe(value: Any) -> Any:
 # What the neuron writes
 
 
-def _vocab_size(model: Any, w_u: Tensor) -> int:
-    """Rows of W_U that are real tokens (an embedding may be padded past the tokenizer's vocabulary)."""
-    tokenizer = getattr(model, "tokenizer", None)
-    return min(int(w_u.shape[0]), len(tokenizer)) if tokenizer is not None else int(w_u.shape[0])
-
-
 @torch.no_grad()
 def neuron_logit_weights(model: Any, layer: int, index: int) -> Float[Tensor, "d_vocab"]:
     """W_out[layer][index] @ W_U^T: the logit each token gains per unit activation (float32, CPU).
 
     The final norm is not applied (see the module docstring).
     """
-    _check_model_neuron(model, layer, index)
+    check_neuron(model, layer, index)
     state = hf_state_dict(model)
     w_u = unembedding(model, state)
     row = output_directions(model, layer, state)[index].float().to(w_u.device)  # [d_model]
-    return (w_u[: _vocab_size(model, w_u)].float() @ row).cpu()  # [d_vocab]
+    return (w_u[: vocab_size(model, w_u)].float() @ row).cpu()  # [d_vocab]
 
 
 def token_effects(
@@ -249,40 +242,6 @@ def token_effects(
     return effects(logits.topk(k)), effects(logits.topk(k, largest=False))  # suppressed: most negative first
 
 
-@torch.no_grad()
-def promoted_token_ids(model: Any, neurons: Sequence[Neuron], k: int = 5) -> dict[Neuron, list[int]]:
-    """For each neuron, the k token ids its output direction raises most: top-k of W_out[L][i] @ W_U^T.
-
-    The same contract as app/views.py's promoted_token_ids (final norm not applied), computed here
-    so the app can call the library.
-    """
-    if not neurons:
-        return {}
-    state = hf_state_dict(model)
-    w_u = unembedding(model, state).float()  # [d_vocab, d_model]
-    vocab = _vocab_size(model, w_u)
-    by_layer: dict[int, list[int]] = {}
-    for layer, index in neurons:
-        _check_model_neuron(model, layer, index)
-        by_layer.setdefault(layer, []).append(index)
-    out: dict[Neuron, list[int]] = {}
-    for layer, indices in by_layer.items():
-        rows = output_directions(model, layer, state)[indices].float().to(w_u.device)  # [n, d_model]
-        top = (rows @ w_u[:vocab].T).topk(min(k, vocab), dim=-1).indices.cpu().tolist()  # [n, k]
-        for index, ids in zip(indices, top):
-            out[(layer, index)] = [int(t) for t in ids]
-    return out
-
-
-def _check_model_neuron(model: Any, layer: int, index: int) -> None:
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    if not (0 <= layer < n_layers and 0 <= index < d_mlp):
-        raise ConfigError(
-            f"neuron {layer}:{index} is outside the model's grid of {n_layers} layers x {d_mlp} neurons; expected "
-            f"a layer in 0..{n_layers - 1} and an index in 0..{d_mlp - 1}."
-        )
-
-
 def direct_effect(
     model: Any, layer: int, index: int, example: Any, view: str, prompt_config: PromptConfig,
     activation_index: ActivationIndex | None = None,
@@ -292,7 +251,7 @@ def direct_effect(
     activation (last prompt token, from the index when it holds this example and view, else one
     forward) x W_out[i] . W_U[:, first gold token]; the final norm is not applied.
     """
-    _check_model_neuron(model, layer, index)
+    check_neuron(model, layer, index)
     if activation_index is not None:
         activation_index.check_model(model)
     prompt = build_prompt(example, view, prompt_config, model.tokenizer, max_tokens=int(model.cfg.n_ctx))
@@ -329,7 +288,7 @@ def random_other_neuron(layer: int, index: int, d_mlp: int, seed: int = 0) -> in
 
 def single_neuron_mask(model: Any, layer: int, index: int) -> NeuronMask:
     """The mask that zeroes only (layer, index)."""
-    _check_model_neuron(model, layer, index)
+    check_neuron(model, layer, index)
     neurons = NeuronSet.from_neurons([(layer, index)], int(model.cfg.n_layers), int(model.cfg.d_mlp),
                                      f"{layer}:{index}")
     return NeuronMask.silencing(neurons, model, provenance={"kind": "single_neuron"})

@@ -1,6 +1,8 @@
 """Neuron sets: selecting neurons from attribution scores and the set algebra over them.
 
-Owns: `NeuronSet` (a boolean layer x neuron grid with | & - algebra and per-layer counts) and
+Owns: how a neuron is written (`parse_neuron`, `parse_neurons`: 'layer:index', the one parser of
+the CLI, the app and the notes; `check_neuron` against a model's grid), `NeuronSet` (a boolean
+layer x neuron grid with | & - algebra and per-layer counts) and
 `SelectionRule` with the selection steps (per example: a threshold relative to the example's
 max, top-k, or the counting recipe's top-N; across examples: support or the h most frequent):
 `select_example`, `selection_frequency`, `aggregate_selection`, `select_neurons`. The mined sets
@@ -10,6 +12,7 @@ attribution.py and mining.py) or read and write files.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
 
@@ -18,6 +21,55 @@ import torch
 from neurorit.configs import coerce_fields, from_dict, to_dict
 from neurorit.errors import ConfigError, ModelMismatchError
 from neurorit.types import NeuronGrid, NeuronMaskGrid
+
+
+Neuron = tuple[int, int]
+"""(layer, index)."""
+
+_NEURON = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\d+)\s*$")
+
+
+def check_neuron(layer: int, index: int, n_layers: int, d_mlp: int) -> None:
+    """ConfigError naming the model's ranges when (layer, index) is not in its grid."""
+    if not (0 <= int(layer) < n_layers and 0 <= int(index) < d_mlp):
+        raise ConfigError(f"neuron {layer}:{index} is outside the model: it has layers 0-{n_layers - 1} and "
+                          f"neurons 0-{d_mlp - 1} per layer.")
+
+
+def is_neuron_text(text: str | None) -> bool:
+    """True when the text is written as one neuron, 'layer:index'."""
+    return bool(_NEURON.match(str(text or "")))
+
+
+def parse_neuron(text: str | None, n_layers: int | None = None, d_mlp: int | None = None) -> Neuron:
+    """'15:821' (spaces allowed) -> (15, 821); checked against the grid when n_layers and d_mlp are
+    given, else only that both are >= 0; anything else -> one ConfigError that says why."""
+    match = _NEURON.match(str(text or ""))
+    if not match:
+        raise ConfigError(f"a neuron is written layer:index, e.g. 15:821; got {str(text or '')!r}.")
+    layer, index = int(match.group(1)), int(match.group(2))
+    if n_layers is not None and d_mlp is not None:
+        check_neuron(layer, index, n_layers, d_mlp)
+    elif layer < 0 or index < 0:
+        raise ConfigError(f"a neuron's layer and index are >= 0; got {str(text)!r}.")
+    return layer, index
+
+
+def parse_neurons(text: str | None, n_layers: int | None = None, d_mlp: int | None = None) -> list[Neuron]:
+    """'3:17, 12:404' (commas, semicolons or new lines between) -> [(3, 17), (12, 404)], each once,
+    in the order given; checked as parse_neuron; nothing given or a bad part -> ConfigError."""
+    out: list[Neuron] = []
+    for part in re.split(r"[,;\n]", text or ""):
+        if not part.strip():
+            continue
+        if not _NEURON.match(part):
+            raise ConfigError(f"neurons are 'layer:index' pairs separated by commas (e.g. 3:17, 12:404); got {part.strip()!r}.")
+        neuron = parse_neuron(part, n_layers, d_mlp)
+        if neuron not in out:
+            out.append(neuron)
+    if not out:
+        raise ConfigError("no neurons given; type 'layer:index' pairs such as 3:17, 12:404.")
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,10 +96,7 @@ class NeuronSet:
     ) -> "NeuronSet":
         grid = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
         for layer, index in neurons:
-            if not (0 <= layer < n_layers and 0 <= index < d_mlp):
-                raise ConfigError(
-                    f"neuron ({layer}, {index}) is outside the grid of {n_layers} layers x {d_mlp} neurons."
-                )
+            check_neuron(layer, index, n_layers, d_mlp)
             grid[layer, index] = True
         return cls(grid, label)
 

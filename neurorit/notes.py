@@ -22,10 +22,10 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from neurorit import store
 from neurorit.errors import ArtifactError, ConfigError
+from neurorit.neurons import Neuron, parse_neuron
 
 log = logging.getLogger(__name__)
 
-Neuron = tuple[int, int]
 NOTES_FORMAT_VERSION = 1
 MAX_LABEL_CHARS = 80  # a label is shown in table cells and chart hovers: one short line
 MAX_TEXT_CHARS = 20_000
@@ -59,18 +59,6 @@ def neuron_key(neuron: Neuron) -> str:
     return f"{int(neuron[0])}:{int(neuron[1])}"
 
 
-def parse_neuron_key(key: str) -> Neuron:
-    """'15:821' -> (15, 821); anything else -> ConfigError naming it."""
-    parts = str(key).strip().split(":")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        layer, index = int(parts[0]), int(parts[1])
-    except ValueError:
-        raise ConfigError(f"a neuron is 'layer:index' (e.g. 15:821); got {key!r}.") from None
-    if layer < 0 or index < 0:
-        raise ConfigError(f"a neuron's layer and index are >= 0; got {key!r}.")
-    return layer, index
 
 
 def _check_fingerprint(fingerprint: str) -> str:
@@ -98,7 +86,7 @@ def _clean(label: str, text: str) -> tuple[str, str]:
 
 
 def _note_from(key: str, value: Any, *, where: str) -> Note:
-    layer, index = parse_neuron_key(key)
+    layer, index = parse_neuron(key)
     if not isinstance(value, dict):
         raise ArtifactError(f"{where}: the note of {key} must be an object with label and text, got {type(value).__name__}.")
     label, text = _clean(value.get("label", ""), value.get("text", ""))

@@ -1,42 +1,43 @@
 """Reading neurons through the unembedding: which neurons' output weights promote a token.
 
-Owns: W_U ([d_vocab, d_model]: the output head, else the tied input embedding), a layer's output
-directions W_out ([d_mlp, d_model], row i = what neuron i adds to the residual stream), and the
-search from a token to the neurons that raise its logit most directly: the top of
-W_out[L] @ W_U[t] over every layer (a direct logit attribution of the weights; the final norm's
-scale is not applied, as in the Explore page's promoted tokens). Must not: run the model, or
+Owns: W_U ([d_vocab, d_model]: the output head, else the tied input embedding; the weight names
+are sites.py's), a layer's output directions W_out ([d_mlp, d_model], row i = what neuron i adds
+to the residual stream), the tokens a neuron promotes (`promoted_token_ids`, `promoted_tokens`:
+the top of W_out[L][i] @ W_U^T) and the search from a token to the neurons that raise its logit
+most directly (the top of W_out[L] @ W_U[t] over every layer). Both are a direct logit
+attribution of the weights; the final norm's scale is not applied. Must not: run the model, or
 import streamlit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
+from neurorit import neurons
 from neurorit.errors import ConfigError, ModelLoadError
 from neurorit.models import hf_state_dict, neuron_site
+from neurorit.neurons import Neuron
+from neurorit.sites import TIED_EMBEDDING_SUFFIXES, UNEMBEDDING_WEIGHTS
 
-Neuron = tuple[int, int]
-_UNEMBEDDING_NAMES = ("lm_head.weight", "embed_out.weight")  # untied output heads (Llama family, GPT-NeoX)
-_TIED_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "embed_in.weight")
 
 
 def unembedding(model: Any, state: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """W_U as [d_vocab, d_model]: the output head, else the tied input embedding."""
     state = state if state is not None else hf_state_dict(model)
     d_model = int(model.cfg.d_model)
-    for name in _UNEMBEDDING_NAMES:
+    for name in UNEMBEDDING_WEIGHTS:
         w = state.get(name)
         if w is not None and w.ndim == 2 and w.shape[1] == d_model:
             return w
     for name, w in state.items():
-        if name.endswith(_TIED_EMBEDDING_SUFFIXES) and w.ndim == 2 and w.shape[1] == d_model:
+        if name.endswith(TIED_EMBEDDING_SUFFIXES) and w.ndim == 2 and w.shape[1] == d_model:
             return w
     raise ModelLoadError(
-        f"cannot find the unembedding of {type(model).__name__}: expected one of {_UNEMBEDDING_NAMES} or a tied "
-        f"embedding ending in {_TIED_EMBEDDING_SUFFIXES} of width d_model={d_model}."
+        f"cannot find the unembedding of {type(model).__name__}: expected one of {UNEMBEDDING_WEIGHTS} or a tied "
+        f"embedding ending in {TIED_EMBEDDING_SUFFIXES} of width d_model={d_model}."
     )
 
 
@@ -46,6 +47,45 @@ def output_directions(model: Any, layer: int, state: Mapping[str, torch.Tensor] 
     site = neuron_site(model)
     w = state[site.down_proj_name(layer)]
     return w if site.neuron_axis == 0 else w.T
+
+
+def vocab_size(model: Any, w_u: torch.Tensor) -> int:
+    """Rows of W_U that are real tokens (an embedding may be padded past the tokenizer's vocabulary)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    return min(int(w_u.shape[0]), len(tokenizer)) if tokenizer is not None else int(w_u.shape[0])
+
+
+def check_neuron(model: Any, layer: int, index: int) -> None:
+    """ConfigError naming the model's ranges when (layer, index) is not one of its neurons."""
+    neurons.check_neuron(layer, index, int(model.cfg.n_layers), int(model.cfg.d_mlp))
+
+
+@torch.no_grad()
+def promoted_token_ids(model: Any, neurons: Sequence[Neuron], k: int = 5) -> dict[Neuron, list[int]]:
+    """For each neuron, the k token ids its output direction raises most: top-k of W_out[L][i] @ W_U^T."""
+    if not neurons:
+        return {}
+    state = hf_state_dict(model)
+    w_u = unembedding(model, state).float()  # [d_vocab, d_model]
+    vocab = vocab_size(model, w_u)
+    by_layer: dict[int, list[int]] = {}
+    for layer, index in neurons:
+        check_neuron(model, layer, index)
+        by_layer.setdefault(layer, []).append(index)
+    out: dict[Neuron, list[int]] = {}
+    for layer, indices in by_layer.items():
+        rows = output_directions(model, layer, state)[indices].float().to(w_u.device)  # [n, d_model]
+        top = (rows @ w_u[:vocab].T).topk(min(k, vocab), dim=-1).indices.cpu().tolist()  # [n, k]
+        for index, ids in zip(indices, top):
+            out[(layer, index)] = [int(t) for t in ids]
+    return out
+
+
+def promoted_tokens(model: Any, neurons: Sequence[Neuron], k: int = 5) -> dict[Neuron, list[str]]:
+    """promoted_token_ids decoded to readable strings (quoted, so spaces show)."""
+    ids = promoted_token_ids(model, neurons, k)
+    tokenizer = model.tokenizer
+    return {n: [repr(tokenizer.decode([t])) for t in ts] for n, ts in ids.items()}
 
 
 def unquote(text: str) -> str:

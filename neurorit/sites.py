@@ -44,6 +44,11 @@ EMBED_HOOK = "hook_embed"
 """The token embeddings entering block 0 (`embed.hook_out` on the bridge; positional embeddings,
 where an architecture has them, are added after it), [batch, pos, d_model] on every architecture."""
 
+UNEMBEDDING_WEIGHTS = ("lm_head.weight", "embed_out.weight")
+"""Hugging Face names of an untied output head W_U [d_vocab, d_model] (Llama family, GPT-NeoX)."""
+TIED_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "embed_in.weight")
+"""Endings of the input embedding's name, which is W_U where the head is tied to it (GPT-2)."""
+
 SITES: dict[str, NeuronSite] = {
     "LlamaForCausalLM": _LLAMA_LIKE,
     "MistralForCausalLM": _LLAMA_LIKE,

@@ -12,7 +12,7 @@ from neurorit.data import examples_fingerprint
 from neurorit.errors import NeuroritError
 from neurorit.evaluation import ablate, answers_without_mask, what_if
 from neurorit.masks import NeuronMask, random_like
-from neurorit.neurons import NeuronSet
+from neurorit.neurons import NeuronSet, parse_neurons
 
 SOURCES = ("From Explore (this session)", "Mined set (cache)", "Whole layer", "Hand-picked neurons")
 
@@ -85,7 +85,7 @@ try:
     else:
         text = st.text_input("Neurons as layer:index pairs", key=forms.init("w.ablate.neurons", ""), placeholder="3:17, 12:404")
         if text.strip():
-            neurons = forms.parse_neurons(text, ident.n_layers, ident.d_mlp)
+            neurons = parse_neurons(text, ident.n_layers, ident.d_mlp)
             base = NeuronSet.from_neurons(neurons, ident.n_layers, ident.d_mlp, f"hand-picked ({len(neurons)})")
             provenance.update(origin="hand-picked", neurons=[f"{l}:{i}" for l, i in neurons])
 except NeuroritError as exc:

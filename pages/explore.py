@@ -9,6 +9,7 @@ import streamlit as st
 from app import artifacts, card_view, forms, resources, state, views
 from app import passages_panel
 from app.progress import StreamlitProgress
+from neurorit import readout
 from neurorit.data import examples_fingerprint
 from neurorit.errors import NeuroritError
 from neurorit.decoding import answer_and_logprob
@@ -147,7 +148,7 @@ k = st.slider("How many", 5, 200, step=5, key=forms.init("w.explore.n_top", 25))
 top = views.top_neurons(scores, k)
 promo_key = ("promoted", ident.fingerprint, tuple(top))
 if promo_key not in results:
-    results[promo_key] = views.promoted_tokens(model, top, k=5)
+    results[promo_key] = readout.promoted_tokens(model, top, k=5)
 neuron_notes, notes_problem = card_view.table_notes(ident.fingerprint)
 if notes_problem:
     st.warning(notes_problem)

@@ -21,7 +21,7 @@ from neurorit.data import examples_fingerprint
 from neurorit.errors import NeuroritError
 from neurorit.masks import NeuronMask
 from neurorit.models import BUNDLED_MODEL
-from neurorit.neurons import SelectionRule
+from neurorit.neurons import SelectionRule, parse_neuron
 from neurorit.prompts import VIEWS
 
 JOB_KEY = "neurorit.card.index_job"
@@ -54,7 +54,7 @@ if found:
     kind = card_view.search_kind(query)
     if kind == "neuron":
         try:
-            open_card(card_view.parse_neuron(query, ident.n_layers, ident.d_mlp))
+            open_card(parse_neuron(query, ident.n_layers, ident.d_mlp))
         except NeuroritError as exc:
             st.error(str(exc))
     elif kind == "token":
@@ -84,7 +84,7 @@ if not current:
             "on the Explore, Mine, Ablate or Masks page.")
     state.stop_run()
 try:
-    layer, index = card_view.parse_neuron(current, ident.n_layers, ident.d_mlp)
+    layer, index = parse_neuron(current, ident.n_layers, ident.d_mlp)
 except NeuroritError as exc:
     st.error(f"Cannot open the card of {current!r}: {exc}")
     state.stop_run()

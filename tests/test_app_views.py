@@ -26,13 +26,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app import artifacts, forms, state, views  # noqa: E402
+from neurorit import readout  # noqa: E402
 from neurorit.attribution import NeuronScores  # noqa: E402
 from neurorit.data import Passage, RagExample  # noqa: E402
 from neurorit.errors import ArtifactError, ConfigError, DataError, ModelMismatchError  # noqa: E402
 from neurorit.evaluation import WhatIf  # noqa: E402
 from neurorit.masks import NeuronMask  # noqa: E402
 from neurorit.models import ModelIdentity, model_identity  # noqa: E402
-from neurorit.neurons import NeuronSet, SelectionRule  # noqa: E402
+from neurorit.neurons import NeuronSet, SelectionRule, parse_neurons  # noqa: E402
 
 IDENT = ModelIdentity(name="toy", architecture="LlamaForCausalLM", n_layers=3, d_mlp=8, fingerprint="f" * 16)
 
@@ -209,7 +210,7 @@ def test_promoted_tokens_match_an_independent_computation(tiny_model, tiny_llama
     is_gpt2 = tiny_model.cfg.architecture == "GPT2LMHeadModel"
     hf = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir if is_gpt2 else tiny_llama_dir, dtype=torch.float32)
     neurons = [(0, 0), (0, 5), (1, 47)]
-    got = views.promoted_token_ids(tiny_model, neurons, k=5)
+    got = readout.promoted_token_ids(tiny_model, neurons, k=5)
     w_u = hf.get_output_embeddings().weight.detach()  # [d_vocab, d_model]
     for layer, index in neurons:
         if is_gpt2:
@@ -218,7 +219,7 @@ def test_promoted_tokens_match_an_independent_computation(tiny_model, tiny_llama
             direction = hf.model.layers[layer].mlp.down_proj.weight.detach()[:, index]  # Linear [d_model, d_mlp]
         expected = (w_u @ direction).topk(5).indices.tolist()
         assert got[(layer, index)] == expected
-    decoded = views.promoted_tokens(tiny_model, [(1, 47)], k=3)[(1, 47)]
+    decoded = readout.promoted_tokens(tiny_model, [(1, 47)], k=3)[(1, 47)]
     assert len(decoded) == 3 and all(isinstance(t, str) and t.startswith(("'", '"')) for t in decoded)
 
 
@@ -309,13 +310,13 @@ def test_parse_layers() -> None:
 
 
 def test_parse_neurons() -> None:
-    assert forms.parse_neurons("3:17, 12:404;3:17", 30, 1536) == [(3, 17), (12, 404)]
+    assert parse_neurons("3:17, 12:404;3:17", 30, 1536) == [(3, 17), (12, 404)]
     with pytest.raises(ConfigError, match="layer:index"):
-        forms.parse_neurons("3-17", 30, 1536)
+        parse_neurons("3-17", 30, 1536)
     with pytest.raises(ConfigError, match="outside the model"):
-        forms.parse_neurons("30:0", 30, 1536)
+        parse_neurons("30:0", 30, 1536)
     with pytest.raises(ConfigError, match="no neurons"):
-        forms.parse_neurons(" , ", 30, 1536)
+        parse_neurons(" , ", 30, 1536)
 
 
 # ---- mask files ---------------------------------------------------------------------------------

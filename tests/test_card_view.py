@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from app import card_view, views  # noqa: E402
 from neurorit.errors import ConfigError  # noqa: E402
-from neurorit.neurons import NeuronSet  # noqa: E402
+from neurorit.neurons import NeuronSet, parse_neuron  # noqa: E402
 from neurorit.notes import Note  # noqa: E402
 
 SCRIPT = "<script>alert('x')</script>"
@@ -69,14 +69,14 @@ def _read(html_text: str) -> _Reader:
 def test_the_card_address_and_the_neuron_parser() -> None:
     assert card_view.card_url((15, 821)) == "/neuron?n=15:821"
     assert card_view.card_query((15, 821)) == {"n": "15:821"}
-    assert card_view.parse_neuron(" 15 : 821 ", 30, 1536) == (15, 821)
+    assert parse_neuron(" 15 : 821 ", 30, 1536) == (15, 821)
     with pytest.raises(ConfigError, match=r"outside the model: it has layers 0-29 and neurons 0-1535"):
-        card_view.parse_neuron("30:0", 30, 1536)
+        parse_neuron("30:0", 30, 1536)
     with pytest.raises(ConfigError, match="outside the model"):
-        card_view.parse_neuron("-1:3", 30, 1536)
+        parse_neuron("-1:3", 30, 1536)
     for bad in ("", None, "15", "a:b", "1:2:3"):
         with pytest.raises(ConfigError, match="layer:index"):
-            card_view.parse_neuron(bad, 30, 1536)
+            parse_neuron(bad, 30, 1536)
     assert card_view.search_kind("15:821") == "neuron"
     assert card_view.search_kind("' Sydney'") == "token" and card_view.search_kind("http:") == "token"
     assert card_view.search_kind("   ") == "empty"

@@ -18,11 +18,12 @@ from neurorit.masks import NeuronMask
 from neurorit.mining import MinedNeurons
 from neurorit.models import model_identity, neuron_site
 from neurorit.neuron_card import (
-    neuron_card, neuron_logit_weights, promoted_token_ids, random_other_neuron, rank_test, switch_off_alone,
+    neuron_card, neuron_logit_weights, random_other_neuron, rank_test, switch_off_alone,
     token_effects,
 )
 from neurorit.neurons import NeuronSet
 from neurorit.prompts import PromptConfig, build_prompt
+from neurorit.readout import promoted_token_ids
 from scale import assert_close_in_scale
 
 CONFIG = PromptConfig(n_distractors=2, max_passage_tokens=40)
@@ -62,14 +63,6 @@ def test_promoted_and_suppressed_tokens_equal_a_direct_w_out_w_u_product(indexed
         assert_close_in_scale(torch.tensor([e.logit for e in promoted]), want.topk(6).values, rel=1e-6)
         assert promoted[0].token == model.tokenizer.decode([promoted[0].token_id])
         assert promoted_token_ids(model, [(layer, index)], k=6)[(layer, index)] == want.topk(6).indices.tolist()
-
-
-def test_promoted_token_ids_agree_with_the_app_views_implementation(indexed):
-    from app.views import promoted_token_ids as app_promoted
-
-    model, _ = indexed
-    neurons = [(0, 3), (1, 5), (1, 30), (0, 47)]
-    assert promoted_token_ids(model, neurons, k=5) == app_promoted(model, neurons, k=5)
 
 
 def test_card_reads_contexts_and_graded_activation_from_the_index(indexed, examples):
@@ -195,9 +188,9 @@ def test_card_refuses_another_model_and_a_neuron_out_of_range(indexed, tiny_llam
     with pytest.raises(ModelMismatchError) as err:
         neuron_card(other, 0, 0, activation_index=index)
     assert index.model.fingerprint in str(err.value) and model_identity(other).fingerprint in str(err.value)
-    with pytest.raises(ConfigError, match="neuron 0:48 is outside the activation index's grid of 2 layers x 48"):
+    with pytest.raises(ConfigError, match="neuron 0:48 is outside the model: it has layers 0-1 and neurons 0-47"):
         neuron_card(model, 0, 48, activation_index=index)
-    with pytest.raises(ConfigError, match="neuron 2:0 is outside the model's grid"):
+    with pytest.raises(ConfigError, match="neuron 2:0 is outside the model"):
         token_effects(model, 2, 0)
 
 
@@ -232,9 +225,9 @@ def test_cli_card_prints_the_main_facts_and_writes_json(tiny_llama_dir, tmp_path
         assert fact in out, out
     card = json.loads((tmp_path / "card.json").read_text())
     assert (card["layer"], card["index"], len(card["contexts"])) == (1, 3, 3)
-    assert "outside the activation index's grid" in reason(capsys, "card", "1:99", "--model", tiny_llama_dir,
+    assert "outside the model" in reason(capsys, "card", "1:99", "--model", tiny_llama_dir,
                                                            "--device", "cpu")
-    assert "one neuron" in reason(capsys, "card", "1:3,1:4", "--model", tiny_llama_dir)
+    assert "a neuron is written layer:index" in reason(capsys, "card", "1:3,1:4", "--model", tiny_llama_dir)
     folder = next((tmp_path / "cache" / "activations").iterdir())
     out = ok(capsys, "card", "0:0", "--model", tiny_llama_dir, "--device", "cpu", "--index", folder)
     assert "neuron 0:0" in out and "switched off" not in out

@@ -35,7 +35,7 @@ def test_exclusive_and_shared_partition_the_union():
 def test_sets_of_different_models_do_not_mix():
     with pytest.raises(ModelMismatchError, match="different shapes"):
         NeuronSet.empty(2, 5) | NeuronSet.empty(3, 5)
-    with pytest.raises(ConfigError, match="outside the grid"):
+    with pytest.raises(ConfigError, match="outside the model: it has layers 0-1 and neurons 0-4"):
         NeuronSet.from_neurons([(2, 0)], 2, 5)
 
 

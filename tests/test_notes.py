@@ -26,7 +26,7 @@ from neurorit import notes  # noqa: E402
 from neurorit.errors import ArtifactError, ConfigError  # noqa: E402
 from neurorit.masks import MASK_JSON, NeuronMask  # noqa: E402
 from neurorit.models import ModelIdentity  # noqa: E402
-from neurorit.neurons import NeuronSet  # noqa: E402
+from neurorit.neurons import NeuronSet, parse_neuron  # noqa: E402
 
 FP = "0123abcd0123abcd"
 IDENT = ModelIdentity(name="toy", architecture="LlamaForCausalLM", n_layers=3, d_mlp=8, fingerprint=FP)
@@ -72,10 +72,10 @@ def test_bad_input_is_refused_with_a_reason(cache: Path) -> None:
     for bad in ("../escape", "a/b", ""):
         with pytest.raises(ConfigError, match="fingerprint"):
             notes.notes_path(bad)
-    assert notes.parse_neuron_key(" 15:821 ") == (15, 821) and notes.neuron_key((15, 821)) == "15:821"
+    assert parse_neuron(" 15:821 ") == (15, 821) and notes.neuron_key((15, 821)) == "15:821"
     for bad in ("15", "15:x", "1:2:3", "-1:4"):
         with pytest.raises(ConfigError):
-            notes.parse_neuron_key(bad)
+            parse_neuron(bad)
     notes.notes_path(FP).parent.mkdir(parents=True)
     notes.notes_path(FP).write_text("[1, 2]")
     with pytest.raises(ArtifactError, match="not a notes file"):

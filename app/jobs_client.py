@@ -95,4 +95,6 @@ def repair_table() -> Any:
 
 
 def is_final(job: Any) -> bool:
-    return job.state in ("done", "failed", "cancelled")
+    from neurorit.jobs import FINAL_STATES
+
+    return job.state in FINAL_STATES

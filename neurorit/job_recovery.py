@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from neurorit import jobs, store
 from neurorit.jobs import Job, JobTableCorruptError
+from neurorit.processes import holds
 
 UNKNOWN = ("state unknown: the job table was rebuilt by `neurorit jobs repair` and this job's record was lost; "
            "see its log")
@@ -109,8 +109,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _live_lock(folder: Path) -> dict[str, Any] | None:
     """The run folder's lock when a live process on this machine holds it."""
     holder = _read_json(folder / ".lock")
-    alive = holder.get("host") == socket.gethostname() and jobs.is_alive(int(holder.get("pid") or 0))
-    return holder if alive else None
+    return holder if holds(holder) else None
 
 
 def _last_step(folder: Path) -> int:
@@ -140,7 +139,7 @@ def _job_from_run(folder: Path, cache: Path) -> Job:
     state, pid, error = status.get("state", ""), None, str(status.get("error", ""))
     if holder is not None:
         state, pid = "running", int(holder["pid"])
-    elif state in ("done", "failed", "cancelled"):
+    elif state in jobs.FINAL_STATES:
         pass
     elif state == "running":  # no live process: interrupted
         state, error = "failed", "the run's process ended without a final state (interrupted); resume the run"

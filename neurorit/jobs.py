@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from neurorit.errors import NeuroritError
+from neurorit.processes import is_alive
 from neurorit.store import cache_root
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -194,29 +195,6 @@ def replace_table(records: Sequence[Job]) -> tuple[Path, ...]:
                  job.pid, job.done, job.total, job.message, job.log_path, json.dumps(job.artifacts), job.error),
             )
     return tuple(moved)
-
-
-def is_alive(pid: int | None) -> bool:
-    """Whether a process is running (reaps our own finished children; a zombie is not alive)."""
-    if not pid:
-        return False
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished children
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _reap_dead(conn: sqlite3.Connection) -> None:

@@ -33,7 +33,7 @@ import torch
 
 from neurorit import store
 from neurorit.errors import ArtifactError, NeuroritError
-from neurorit.jobs import is_alive
+from neurorit.processes import holds
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def read_lock(run_dir: Path) -> dict[str, Any] | None:
 def is_locked(run_dir: Path) -> bool:
     """Whether a live process on this machine holds the run folder's lock."""
     holder = read_lock(run_dir)
-    return bool(holder and holder.get("host") == socket.gethostname() and is_alive(int(holder.get("pid", 0))))
+    return holds(holder)
 
 
 @contextmanager
@@ -97,7 +97,7 @@ def run_lock(run_dir: Path, job_id: str | None = None) -> Iterator[Path]:
                         f"{run_dir} is being claimed by another training process right now; wait, or pick another "
                         "output folder."
                     ) from None
-            elif holder.get("host") == me["host"] and is_alive(int(holder.get("pid", 0))):
+            elif holds(holder):
                 since = time.strftime("%H:%M:%S", time.localtime(float(holder.get("since", 0))))
                 job = f", job {holder['job_id']}" if holder.get("job_id") else ""
                 hint = f"cancel it (`neurorit jobs cancel {holder['job_id']}`)" if holder.get("job_id") else "stop it"

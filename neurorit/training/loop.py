@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -531,63 +531,118 @@ def _run(
         torch.set_num_threads(threads)
 
 
+@dataclass
+class _RunContext:
+    """What every phase of one run shares (made by _prepare)."""
+
+    model: Any
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+    world: World
+    identity: Any  # the untrained model's ModelIdentity
+    data: TrainData
+    plan: Any  # methods.TrainPlan
+    total_params: int
+
+    @property
+    def main(self) -> bool:
+        return self.world.main  # rank 0 alone writes the run folder and evaluates
+
+
+@dataclass
+class _Progress:
+    """Where training stands: the global step, training time, parameters trained so far, last losses."""
+
+    step: int = 0
+    elapsed: float = 0.0
+    trained: set[str] = field(default_factory=set)
+    stage_losses: dict[str, float] = field(default_factory=dict)
+
+
 def _run_inner(
     model: Any, examples: list[RagExample], config: TrainConfig, run_dir: Path, device: torch.device, resume: bool,
     on_progress: ProgressFn, on_stage_end: StageCallback | None, world: World, point: ResumePoint,
 ) -> TrainReport:
-    identity = model_identity(model)  # the untrained model's
-    data = prepare_data(examples, model.tokenizer, config)
-    plan = plan_for(config, model)  # a mask of another model: ModelMismatchError
-    total_params = count_parameters(model)
-    main = world.main  # rank 0 alone writes the run folder and evaluates
-    if main and world.distributed and config.grad_accum < world.size:
-        log.warning("grad_accum %d < %d processes: each step has %d micro-batch(es), so %d rank(s) idle every step; "
-                    "raise grad_accum (and lower batch_size) to use them all",
-                    config.grad_accum, world.size, config.grad_accum, world.size - config.grad_accum)
-    if main:
-        store.write_json(run_dir / RUN_JSON, {
-            "plan": plan.describe(), "model": identity.__dict__, "data": data.summary(), "device": str(device),
-            "torch": torch.__version__, "total_params": total_params, "world_size": world.size,
-        })
+    """Prepare, evaluate before, train stage by stage, finish (evaluate after, bake, report)."""
+    run = _prepare(model, examples, config, run_dir, device, world)
     last = point.checkpoint if resume else None  # verified by resume_point before the folder changed
-    if resume and main:
-        for leftover in ckpt.remove_partial(run_dir):
-            log.warning("removed a partial checkpoint %s left by the interrupted process", leftover)
-        for path, why in point.unreadable:
-            log.warning("checkpoint %s is unreadable (%s): set aside as %s; resuming from %s", path, why,
-                        ckpt.set_aside(path).name, f"step {point.step}" if last else "step 0")
-        _truncate_metrics(run_dir, last.step if last else 0)
-        resumed: dict[str, Any] = {"event": "resume", "step": last.step if last else 0}
-        if point.unreadable:
-            resumed["unreadable"] = [path.name for path, _ in point.unreadable]
-        _append_metric(run_dir, resumed)
-    elif main and (run_dir / METRICS).exists():
+    if resume and run.main:
+        _note_resume(run_dir, point, last)
+    elif run.main and (run_dir / METRICS).exists():
         (run_dir / METRICS).unlink()
-
-    before = None
-    if main and (config.eval_before or config.method == "ralm"):
-        path = run_dir / EVAL_BEFORE
-        if path.is_file() and resume:
-            before = EvalReport.load(path)
-        else:
-            before = _evaluate(model, data, config, None, "before", on_progress)
-            before.save(path)
+    before = _evaluate_before(run, resume, on_progress)
     wait_for_all(world)
-    if config.method == "ralm" and not main:
-        return TrainReport(method=config.method, status="done", run_dir=str(run_dir), config=config.to_dict(),
-                           model=identity.__dict__, total_params=total_params, target_layers=plan.target_layers,
-                           data=data.summary())
-    if config.method == "ralm":
-        report = TrainReport(
-            method=config.method, status="done", run_dir=str(run_dir), config=config.to_dict(), model=identity.__dict__,
-            total_params=total_params, target_layers=plan.target_layers, data=data.summary(),
-            eval_before=before, eval_after=before, memory_measure=peak_memory_bytes(device)[1],
-            peak_memory_bytes=peak_memory_bytes(device)[0],
-        )
+    if config.method == "ralm":  # nothing to train: the report is the evaluation before
+        if not run.main:
+            return _report(run)
+        peak, measure = peak_memory_bytes(device)
+        report = _report(run, eval_before=before, eval_after=before, peak_memory_bytes=peak, memory_measure=measure)
         report.save(run_dir / REPORT_JSON)
         _write_status(run_dir, "done", step=0)
         return report
+    stages, progress = _train_stages(run, last, on_progress, on_stage_end)
+    return _finish(run, before, stages, progress, on_progress)
 
+
+def _prepare(model: Any, examples: list[RagExample], config: TrainConfig, run_dir: Path, device: torch.device,
+             world: World) -> _RunContext:
+    """The run's data and plan; rank 0 records them in run.json."""
+    run = _RunContext(model=model, config=config, run_dir=run_dir, device=device, world=world,
+                      identity=model_identity(model), data=prepare_data(examples, model.tokenizer, config),
+                      plan=plan_for(config, model),  # a mask of another model: ModelMismatchError
+                      total_params=count_parameters(model))
+    if run.main and world.distributed and config.grad_accum < world.size:
+        log.warning("grad_accum %d < %d processes: each step has %d micro-batch(es), so %d rank(s) idle every step; "
+                    "raise grad_accum (and lower batch_size) to use them all",
+                    config.grad_accum, world.size, config.grad_accum, world.size - config.grad_accum)
+    if run.main:
+        store.write_json(run_dir / RUN_JSON, {
+            "plan": run.plan.describe(), "model": run.identity.__dict__, "data": run.data.summary(),
+            "device": str(device), "torch": torch.__version__, "total_params": run.total_params,
+            "world_size": world.size,
+        })
+    return run
+
+
+def _note_resume(run_dir: Path, point: ResumePoint, last: ckpt.Checkpoint | None) -> None:
+    """Clear what the interrupted process left (partial checkpoints, metrics after `last`) and log the resume."""
+    for leftover in ckpt.remove_partial(run_dir):
+        log.warning("removed a partial checkpoint %s left by the interrupted process", leftover)
+    for path, why in point.unreadable:
+        log.warning("checkpoint %s is unreadable (%s): set aside as %s; resuming from %s", path, why,
+                    ckpt.set_aside(path).name, f"step {point.step}" if last else "step 0")
+    _truncate_metrics(run_dir, last.step if last else 0)
+    resumed: dict[str, Any] = {"event": "resume", "step": last.step if last else 0}
+    if point.unreadable:
+        resumed["unreadable"] = [path.name for path, _ in point.unreadable]
+    _append_metric(run_dir, resumed)
+
+
+def _evaluate_before(run: _RunContext, resume: bool, on_progress: ProgressFn) -> EvalReport | None:
+    """The untrained model's evaluation (rank 0; always for ralm), reloaded when a resumed run has it."""
+    if not (run.main and (run.config.eval_before or run.config.method == "ralm")):
+        return None
+    path = run.run_dir / EVAL_BEFORE
+    if path.is_file() and resume:
+        return EvalReport.load(path)
+    before = _evaluate(run.model, run.data, run.config, None, "before", on_progress)
+    before.save(path)
+    return before
+
+
+def _report(run: _RunContext, **fields: Any) -> TrainReport:
+    """The run's TrainReport: what every report says about the run, plus `fields`."""
+    return TrainReport(method=run.config.method, status="done", run_dir=str(run.run_dir), config=run.config.to_dict(),
+                       model=run.identity.__dict__, total_params=run.total_params,
+                       target_layers=run.plan.target_layers, data=run.data.summary(), **fields)
+
+
+def _train_stages(run: _RunContext, last: ckpt.Checkpoint | None, on_progress: ProgressFn,
+                  on_stage_end: StageCallback | None) -> tuple[list[StageReport], _Progress]:
+    """Every stage of the plan in order, under the mask, from `last` when resuming; the model is
+    left with its original requires_grad flags and LoRA merged."""
+    model, config, plan = run.model, run.config, run.plan
     flags = {id(p): p.requires_grad for p in model.parameters()}
     needs_teacher = any(s.loss in ("kl", "ce_kl") for s in plan.stages)
     teacher = copy.deepcopy(model.original_model).eval().requires_grad_(False) if needs_teacher else None
@@ -597,102 +652,109 @@ def _run_inner(
         if any(s.trainable == "lora" for s in plan.stages):
             torch.manual_seed(config.seed)  # adapter initialisation
             inject_lora(model, config)
-        elapsed = 0.0
+        progress = _Progress()
         if last is not None:
             params, _, _ = ckpt.read_checkpoint(last)
             _load_params(model, params, last)
-            elapsed = float(last.meta.get("elapsed_s", 0.0))
-        step = last.step if last else 0
-        trained: set[str] = set(last.meta["params"]) if last else set()
-        stage_losses: dict[str, float] = dict(last.meta.get("stage_losses", {})) if last else {}
-        dev = dev_items(data, model.tokenizer, config) if config.dev_every else []
-        end_ids = end_of_turn_ids(model.tokenizer)
+            progress = _Progress(step=last.step, elapsed=float(last.meta.get("elapsed_s", 0.0)),
+                                 trained=set(last.meta["params"]), stage_losses=dict(last.meta.get("stage_losses", {})))
+        dev = dev_items(run.data, model.tokenizer, config) if config.dev_every else []
         stage_start = 0
         for index, stage in enumerate(plan.stages):
-            stage_end = stage_start + stage.steps
-            names = stage_parameter_names(model, stage)
-            params = set_trainable(model, names)
-            n_trainable = sum(p.numel() for p in params)
-            if step >= stage_end:  # finished before the interruption
-                stage_reports.append(StageReport(stage.name, stage.steps, n_trainable, n_trainable / total_params,
-                                                 math.nan, 0, float(stage_losses.get(stage.name, math.nan))))
-                stage_start = stage_end
-                trained |= set(names)
-                continue
-            trained |= set(names)
-            optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, stage.steps))
-            if last is not None and last.stage == index and step > stage_start:
-                _, opt_state, rng = ckpt.read_checkpoint(last)
-                optimizer.load_state_dict(opt_state)
-                scheduler.load_state_dict(last.meta["scheduler"])
-                ckpt.restore_rng(last, rng)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            times: list[float] = []
-            loss = math.nan
-            while step < stage_end:
-                started = time.perf_counter()
-                items = items_for_step(step, data, model.tokenizer, config, end_ids=end_ids,
-                                       with_teacher=stage.loss != "ce")
-                result = _optimizer_step(model, items, stage, params, optimizer, scheduler, teacher, config, step,
-                                         run_dir, world)
-                step += 1
-                times.append(time.perf_counter() - started)
-                elapsed += times[-1]
-                loss = stage_losses[stage.name] = result["loss"]
-                eta = (sum(times) / len(times)) * (config.max_steps - step)
-                if main:
-                    _append_metric(run_dir, {"event": "step", "step": step, "stage": stage.name,
-                                             "stage_step": step - stage_start, "elapsed_s": elapsed, "eta_s": eta,
-                                             "step_time_s": times[-1], **result})
-                on_progress(step, config.max_steps, f"{stage.name} {step - stage_start}/{stage.steps} "
-                                                    f"loss {loss:.4f} eta {eta:.0f}s")
-                if main and dev and config.dev_every and step % config.dev_every == 0:
-                    _append_metric(run_dir, {"event": "dev", "step": step, "stage": stage.name,
-                                             "dev_loss": dev_loss(model, dev, config.batch_size)})
-                due = (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stage_end
-                if due and config.save_checkpoints:
-                    _check_finite(model, trained, step, stage, run_dir, config)  # on every rank: all stop together
-                    if main:
-                        _save_checkpoint(model, run_dir, step, index, step - stage_start, trained, optimizer,
-                                         scheduler, stage, config, elapsed, stage_losses)
-                    wait_for_all(world)
-                throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
-                if throttle > 0:
-                    time.sleep(throttle)
-            peak, measure = peak_memory_bytes(device)
-            stage_reports.append(StageReport(stage.name, stage.steps, n_trainable, n_trainable / total_params,
-                                             sum(times) / len(times) if times else math.nan, peak, loss))
-            if on_stage_end is not None:
+            ran = progress.step < stage_start + stage.steps  # else it finished before an interruption
+            stage_reports.append(_train_stage(run, index, stage, stage_start, progress, last, teacher, dev,
+                                              on_progress))
+            if ran and on_stage_end is not None:
                 on_stage_end(stage.name, model)
-            stage_start = stage_end
+            stage_start += stage.steps
     if any(s.trainable == "lora" for s in plan.stages):
         merge_lora(model)
     for p in model.parameters():
         p.requires_grad_(flags.get(id(p), False))
     del teacher
+    return stage_reports, progress
 
-    after = None
-    if main and config.eval_after:
-        after = _evaluate(model, data, config, plan.mask, "after", on_progress)
-        after.save(run_dir / EVAL_AFTER)
-    final = None
-    if main and config.bake:
-        mask = plan.mask if plan.mask is not None else NeuronMask.identity(model)
-        final = str(bake(mask, model, run_dir / FINAL, strict=False, overwrite=True))
-    peak, measure = peak_memory_bytes(device)
-    report = TrainReport(
-        method=config.method, status="done", run_dir=str(run_dir), config=config.to_dict(), model=identity.__dict__,
-        total_params=total_params, stages=tuple(stage_reports), steps=step, wall_time_s=elapsed,
-        peak_memory_bytes=peak, memory_measure=measure, target_layers=plan.target_layers,
-        mask=plan.describe()["mask"], data=data.summary(), eval_before=before, eval_after=after,
-        final_checkpoint=final,
-    )
-    if main:
-        report.save(run_dir / REPORT_JSON)
-        _write_status(run_dir, "done", step=step)
-    wait_for_all(world)
+
+def _train_stage(run: _RunContext, index: int, stage: Stage, stage_start: int, progress: _Progress,
+                 last: ckpt.Checkpoint | None, teacher: Any, dev: Sequence[TrainItem],
+                 on_progress: ProgressFn) -> StageReport:
+    """One stage's optimizer steps from progress.step to the stage's end (none when it finished
+    before an interruption), with metrics, dev losses and checkpoints; advances `progress`."""
+    model, config, run_dir = run.model, run.config, run.run_dir
+    stage_end = stage_start + stage.steps
+    names = stage_parameter_names(model, stage)
+    params = set_trainable(model, names)
+    n_trainable = sum(p.numel() for p in params)
+    progress.trained |= set(names)
+    if progress.step >= stage_end:  # finished before the interruption
+        return StageReport(stage.name, stage.steps, n_trainable, n_trainable / run.total_params, math.nan, 0,
+                           float(progress.stage_losses.get(stage.name, math.nan)))
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, stage.steps))
+    if last is not None and last.stage == index and progress.step > stage_start:
+        _, opt_state, rng = ckpt.read_checkpoint(last)
+        optimizer.load_state_dict(opt_state)
+        scheduler.load_state_dict(last.meta["scheduler"])
+        ckpt.restore_rng(last, rng)
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    end_ids = end_of_turn_ids(model.tokenizer)
+    times: list[float] = []
+    loss = math.nan
+    while progress.step < stage_end:
+        started = time.perf_counter()
+        items = items_for_step(progress.step, run.data, model.tokenizer, config, end_ids=end_ids,
+                               with_teacher=stage.loss != "ce")
+        result = _optimizer_step(model, items, stage, params, optimizer, scheduler, teacher, config, progress.step,
+                                 run_dir, run.world)
+        progress.step += 1
+        step = progress.step
+        times.append(time.perf_counter() - started)
+        progress.elapsed += times[-1]
+        loss = progress.stage_losses[stage.name] = result["loss"]
+        eta = (sum(times) / len(times)) * (config.max_steps - step)
+        if run.main:
+            _append_metric(run_dir, {"event": "step", "step": step, "stage": stage.name,
+                                     "stage_step": step - stage_start, "elapsed_s": progress.elapsed, "eta_s": eta,
+                                     "step_time_s": times[-1], **result})
+        on_progress(step, config.max_steps, f"{stage.name} {step - stage_start}/{stage.steps} "
+                                            f"loss {loss:.4f} eta {eta:.0f}s")
+        if run.main and dev and config.dev_every and step % config.dev_every == 0:
+            _append_metric(run_dir, {"event": "dev", "step": step, "stage": stage.name,
+                                     "dev_loss": dev_loss(model, dev, config.batch_size)})
+        due = (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stage_end
+        if due and config.save_checkpoints:
+            _check_finite(model, progress.trained, step, stage, run_dir, config)  # on every rank: all stop together
+            if run.main:
+                _save_checkpoint(model, run_dir, step, index, step - stage_start, progress.trained, optimizer,
+                                 scheduler, stage, config, progress.elapsed, progress.stage_losses)
+            wait_for_all(run.world)
+        throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
+        if throttle > 0:
+            time.sleep(throttle)
+    peak, _ = peak_memory_bytes(run.device)
+    return StageReport(stage.name, stage.steps, n_trainable, n_trainable / run.total_params,
+                       sum(times) / len(times) if times else math.nan, peak, loss)
+
+
+def _finish(run: _RunContext, before: EvalReport | None, stages: list[StageReport], progress: _Progress,
+            on_progress: ProgressFn) -> TrainReport:
+    """Evaluate after training (with the mask), bake the final checkpoint, write the report and status."""
+    after = final = None
+    if run.main and run.config.eval_after:
+        after = _evaluate(run.model, run.data, run.config, run.plan.mask, "after", on_progress)
+        after.save(run.run_dir / EVAL_AFTER)
+    if run.main and run.config.bake:
+        mask = run.plan.mask if run.plan.mask is not None else NeuronMask.identity(run.model)
+        final = str(bake(mask, run.model, run.run_dir / FINAL, strict=False, overwrite=True))
+    peak, measure = peak_memory_bytes(run.device)
+    report = _report(run, stages=tuple(stages), steps=progress.step, wall_time_s=progress.elapsed,
+                     peak_memory_bytes=peak, memory_measure=measure, mask=run.plan.describe()["mask"],
+                     eval_before=before, eval_after=after, final_checkpoint=final)
+    if run.main:
+        report.save(run.run_dir / REPORT_JSON)
+        _write_status(run.run_dir, "done", step=progress.step)
+    wait_for_all(run.world)
     return report
 
 

@@ -37,6 +37,7 @@ from neurorit import store
 from neurorit.configs import coerce_fields, from_dict, stable_hash, to_dict
 from neurorit.errors import ArtifactError, ConfigError
 from neurorit.models import frozen, neuron_site, prefill
+from neurorit.sites import RESID_IN_HOOK
 from neurorit.types import LayerVector, NeuronGrid, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -376,7 +377,7 @@ def _ig_last_position(
     with torch.no_grad():
         _, cache = prefill(model, prompt[None, :-1])
         hooks = _capture(model, {l: site.hook_name(l) for l in layers}, acts, (0, 0))
-        hooks += _capture(model, {l: f"blocks.{l}.hook_in" for l in layers}, resid, (0, slice(None)))
+        hooks += _capture(model, {l: RESID_IN_HOOK.format(layer=l) for l in layers}, resid, (0, slice(None)))
         with model.hooks(fwd_hooks=hooks):
             clean = model(suffix[None], past_key_values=_clone_cache(cache))
         f_x = float(_answer_logprob_rows(clean, targets)[0])
@@ -465,7 +466,7 @@ def _ig_all_positions(
     resid: dict[int, Tensor] = {}
     with torch.no_grad():
         hooks = _capture(model, {l: site.hook_name(l) for l in layers}, acts, (0, slice(0, n_prompt)))
-        hooks += _capture(model, {l: f"blocks.{l}.hook_in" for l in layers}, resid, (0, slice(None)))
+        hooks += _capture(model, {l: RESID_IN_HOOK.format(layer=l) for l in layers}, resid, (0, slice(None)))
         with model.hooks(fwd_hooks=hooks):
             clean = model(tokens)
     answer_logits = lambda logits: logits[:, n_prompt - 1 :]  # noqa: E731  [rows, A, vocab]

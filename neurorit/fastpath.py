@@ -31,16 +31,13 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
 from neurorit.models import hf_state_dict, weights_state
+from neurorit.sites import LLAMA_EMBED, LLAMA_FINAL_NORM, LLAMA_HEAD, LLAMA_LAYER, LLAMA_LAYER_WEIGHTS
 from neurorit.types import NeuronGrid
 
 ARCHITECTURES = ("LlamaForCausalLM",)
 # Rotary types whose inverse frequencies are fixed when the model is built (read from HF's module);
 # "dynamic" and "longrope" change them with the sequence length.
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-_LAYER_WEIGHTS = (
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm",
-)
 
 Logits2d = Float[Tensor, "pos d_vocab"]
 # Prefill records kept at most (evaluation remembers the newest that fit): ~43 MB for a 375-token
@@ -55,11 +52,11 @@ def _rope_type(config: Any) -> str:
 
 def _read_names(config: Any, names: set[str]) -> set[str]:
     """The weight names FastLlama reads (biases where the model has them)."""
-    want = {"model.embed_tokens.weight", "model.norm.weight"}
+    want = {LLAMA_EMBED, LLAMA_FINAL_NORM}
     for layer in range(int(config.num_hidden_layers)):
-        want |= {f"model.layers.{layer}.{w}.weight" for w in _LAYER_WEIGHTS}
-        want |= {f"model.layers.{layer}.{w}.bias" for w in _LAYER_WEIGHTS[:7]} & names  # attention/mlp bias
-    want |= {"lm_head.weight", "lm_head.bias"} & names
+        want |= {LLAMA_LAYER.format(layer=layer, name=f"{w}.weight") for w in LLAMA_LAYER_WEIGHTS}
+        want |= {LLAMA_LAYER.format(layer=layer, name=f"{w}.bias") for w in LLAMA_LAYER_WEIGHTS[:7]} & names
+    want |= {f"{LLAMA_HEAD}.weight", f"{LLAMA_HEAD}.bias"} & names
     return want
 
 
@@ -187,13 +184,14 @@ class FastLlama:
         self.eps = float(config.rms_norm_eps)
         self.scaling = self.d_head**-0.5
         self.layers = [
-            {w: (weights[f"model.layers.{layer}.{w}.weight"], weights.get(f"model.layers.{layer}.{w}.bias"))
-             for w in _LAYER_WEIGHTS}
+            {w: (weights[LLAMA_LAYER.format(layer=layer, name=f"{w}.weight")],
+                 weights.get(LLAMA_LAYER.format(layer=layer, name=f"{w}.bias")))
+             for w in LLAMA_LAYER_WEIGHTS}
             for layer in range(self.n_layers)
         ]
-        self.embed = weights["model.embed_tokens.weight"]  # [d_vocab, d_model]
-        self.norm = weights["model.norm.weight"]
-        self.unembed = (weights.get("lm_head.weight", self.embed), weights.get("lm_head.bias"))
+        self.embed = weights[LLAMA_EMBED]  # [d_vocab, d_model]
+        self.norm = weights[LLAMA_FINAL_NORM]
+        self.unembed = (weights.get(f"{LLAMA_HEAD}.weight", self.embed), weights.get(f"{LLAMA_HEAD}.bias"))
         rotary = hf.model.rotary_emb
         rotary = getattr(rotary, "_original_component", rotary)
         self.inv_freq = rotary.inv_freq.detach()  # [d_head / 2]

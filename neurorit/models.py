@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from neurorit.errors import ModelLoadError
-from neurorit.sites import NeuronSite, site_for
+from neurorit.sites import BRIDGE_WRAPPER, NeuronSite, site_for
 from neurorit.store import atomic_dir, cache_root
 from neurorit.types import ProgressFn, no_progress
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
 _BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_BRIDGE_WRAPPER = "._original_component"
 # the weight files transformers reads from a local folder, in the order it looks for them
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -277,7 +276,7 @@ def model_name(model: Any) -> str:
 
 def hf_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """The model's weights under plain Hugging Face names (bridge wrappers stripped)."""
-    return {k.replace(_BRIDGE_WRAPPER, ""): v for k, v in model.original_model.state_dict().items()}
+    return {k.replace(BRIDGE_WRAPPER, ""): v for k, v in model.original_model.state_dict().items()}
 
 
 _IDENTITIES: "weakref.WeakKeyDictionary[Any, tuple[tuple[tuple[int, int, int], ...], ModelIdentity]]" = (

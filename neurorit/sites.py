@@ -2,7 +2,10 @@
 
 Owns: for each supported Hugging Face architecture, the TransformerLens hook that carries the MLP
 hidden activation (the neuron) and the Hugging Face weight that reads it (the output projection);
-and the hook of the token embeddings (`EMBED_HOOK`), the same on every architecture.
+the hooks of the token embeddings (`EMBED_HOOK`) and of the residual stream entering a block
+(`RESID_IN_HOOK`), the same on every architecture; the Hugging Face names of the output head
+(`UNEMBEDDING_WEIGHTS`, `TIED_EMBEDDING_SUFFIXES`), of the Llama weights the fast path reads
+(`LLAMA_*`), and what the bridge inserts into wrapped parameter names (`BRIDGE_WRAPPER`).
 Must not: load models or run them. Nothing else in neurorit writes a hook name or a weight path.
 """
 
@@ -43,6 +46,22 @@ _LLAMA_LIKE = NeuronSite(
 EMBED_HOOK = "hook_embed"
 """The token embeddings entering block 0 (`embed.hook_out` on the bridge; positional embeddings,
 where an architecture has them, are added after it), [batch, pos, d_model] on every architecture."""
+
+RESID_IN_HOOK = "blocks.{layer}.hook_in"
+"""The residual stream entering block `layer`, [batch, pos, d_model] (attribution's refinement reads it)."""
+
+BRIDGE_WRAPPER = "._original_component"
+"""What TransformerBridge inserts into the Hugging Face parameter names it wraps (removed to get HF's names)."""
+
+# The Llama weights the fast path (fastpath.py) reads, by their Hugging Face names.
+LLAMA_EMBED = "model.embed_tokens.weight"
+LLAMA_FINAL_NORM = "model.norm.weight"
+LLAMA_HEAD = "lm_head"
+LLAMA_LAYER = "model.layers.{layer}.{name}"
+LLAMA_LAYER_WEIGHTS = (  # biases, where a model has them, on the first seven
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm",
+)
 
 UNEMBEDDING_WEIGHTS = ("lm_head.weight", "embed_out.weight")
 """Hugging Face names of an untied output head W_U [d_vocab, d_model] (Llama family, GPT-NeoX)."""

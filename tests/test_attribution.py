@@ -124,7 +124,7 @@ def test_refinement_meets_the_gap_it_asks_for(tiny_llama, tokenizer):
 
 
 def test_own_answer_target_attributes_the_generated_tokens(tiny_llama, tokenizer):
-    from neurorit.evaluation import generate_tokens
+    from neurorit.decoding import generate_tokens
 
     prompt, answer = _ids(tokenizer, "Question: what is the colour of grass? Answer:", " green")
     own = generate_tokens(tiny_llama, prompt, max_new_tokens=3)

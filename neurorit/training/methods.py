@@ -23,11 +23,11 @@ from neurorit.evaluation import random_control
 from neurorit.masks import NeuronMask
 from neurorit.mining import MinedNeurons
 from neurorit.models import model_identity, neuron_site
+from neurorit.sites import BRIDGE_WRAPPER
 from neurorit.training.config import MASKED_METHODS, TrainConfig
 
 log = logging.getLogger(__name__)
 
-_BRIDGE_WRAPPER = "._original_component"
 _LORA_ADAPTER = "default"
 
 
@@ -152,7 +152,7 @@ def plan_for(config: TrainConfig, model: Any) -> Plan:
 
 def hf_name(name: str) -> str:
     """A bridge parameter or module name without the bridge's wrapper segments."""
-    return name.replace(_BRIDGE_WRAPPER, "")
+    return name.replace(BRIDGE_WRAPPER, "")
 
 
 def named_parameters(model: Any) -> dict[str, torch.nn.Parameter]:

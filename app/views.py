@@ -465,7 +465,6 @@ def example_from_edit(example: RagExample, question: str, answers_text: str, pas
 # (read_status), config.json as a dict, and the TrainReport (load_report).
 
 STAGE_COLORS = ("#2b83ba", "#d7191c", "#1a9641", "#7b3294")
-ACTIVE_RUN_STATES = ("queued", "running")
 
 
 def _finite(value: Any) -> bool:
@@ -562,46 +561,6 @@ def training_progress(metrics: Sequence[Mapping[str, Any]], max_steps: int) -> T
     row = steps.iloc[-1]
     eta = float(row["eta_s"]) if _finite(row["eta_s"]) else None
     return TrainingProgress(int(row["step"]), max_steps, str(row["stage"] or ""), float(row["loss"]), eta)
-
-
-def run_state(status: Mapping[str, Any], job_state: str | None) -> str:
-    """A run's state for the runs list: a queued / running job wins, then the run's own status.json.
-
-    status.json reads `interrupted` when its process died without writing a final state
-    (neurorit.training.read_status); a run with neither a status nor a job reads `unknown`.
-    """
-    if job_state in ACTIVE_RUN_STATES:
-        return job_state
-    return str(status.get("state") or job_state or "unknown")
-
-
-def can_resume(state: str, has_checkpoint: bool) -> bool:
-    """Resume is offered for a stopped run (interrupted, failed, cancelled) that has a checkpoint."""
-    return has_checkpoint and state in ("interrupted", "failed", "cancelled")
-
-
-def run_of_job(argv: Sequence[str], artifacts: Mapping[str, str], runs_root: Any) -> str | None:
-    """The run folder a train / resume job writes (as a string), from its record; None when unknown.
-
-    Its `run` artifact once started; before that its argv: `resume <dir>`, `train ... --out <dir>`,
-    or `train --config <runs_root>/_submitted/<method>-<hash>.json` (the default folder
-    `<runs_root>/<method>-<hash>`, see neurorit.training.submit_training).
-    """
-    if artifacts.get("run"):
-        return str(artifacts["run"])
-    argv = list(argv)
-    if len(argv) >= 2 and argv[0] == "resume":
-        return str(argv[1])
-    if argv and argv[0] == "train":
-        for flag in ("--out", "--config"):
-            if flag in argv[:-1]:
-                value = argv[argv.index(flag) + 1]
-                if flag == "--out":
-                    return str(value)
-                name = value.replace("\\", "/").rsplit("/", 1)[-1]
-                stem = name.rsplit(".", 1)[0]
-                return f"{str(runs_root).rstrip('/')}/{stem}"
-    return None
 
 
 RUNS_COLUMNS = ["run", "method", "state", "step", "max_steps", "job", "updated"]

@@ -16,7 +16,7 @@ import torch
 
 from app import artifacts, forms, resources, state, views
 from app.progress import cancel_button, read_job_table
-from neurorit import jobs, store
+from neurorit import jobs, store, training
 from neurorit.data import RagExample, demo_examples, examples_fingerprint, save_examples
 from neurorit.errors import NeuroritError
 from neurorit.training import (
@@ -63,7 +63,7 @@ def job_by_run() -> dict[str, Any]:
     out: dict[str, Any] = {}
     found = [j for kind in JOB_KINDS for j in jobs.list_jobs(kind=kind, limit=100)]
     for job in sorted(found, key=lambda j: j.created, reverse=True):
-        folder = views.run_of_job(job.argv, job.artifacts, runs_root())
+        folder = training.run_of_job(job.argv, job.artifacts, runs_root())
         if folder is not None:
             out.setdefault(str(Path(folder)), job)
     return out
@@ -86,7 +86,7 @@ def read_run(folder: Path, job: Any) -> dict[str, Any]:
     metrics = read_metrics(folder) if folder.is_dir() else []
     step = views.training_progress(metrics, int(config.get("max_steps") or 0)).step
     return {"name": folder.name, "folder": folder, "config": config, "status": status, "metrics": metrics,
-            "state": views.run_state(status, job.state if job else None), "step": step, "job": job.id if job else "",
+            "state": training.run_state(status, job.state if job else None), "step": step, "job": job.id if job else "",
             "mtime": folder.stat().st_mtime if folder.exists() else (job.created if job else 0.0), "error": error}
 
 
@@ -117,7 +117,7 @@ if st.button("Start training", type="primary", disabled=config is None) and conf
     active = run_jobs.get(str(folder))
     if fresh:
         folder = folder.with_name(f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if not fresh and active is not None and active.state in views.ACTIVE_RUN_STATES:
+    if not fresh and active is not None and active.state in training.ACTIVE_RUN_STATES:
         st.session_state[RUN_KEY] = str(folder)
         st.info(f"Job {active.id} already trains this config ({active.state}); it is selected below.")
     elif not fresh and (folder / "config.json").is_file() and has_started(folder):  # a never-started one is reused
@@ -139,7 +139,7 @@ if st.button("Start training", type="primary", disabled=config is None) and conf
 st.subheader("Runs")
 root = runs_root()
 folders = {str(f): f for f in root.iterdir() if f.is_dir() and not f.name.startswith(("_", "."))} if root.is_dir() else {}
-folders.update({k: Path(k) for k, j in run_jobs.items() if j.state in views.ACTIVE_RUN_STATES})
+folders.update({k: Path(k) for k, j in run_jobs.items() if j.state in training.ACTIVE_RUN_STATES})
 runs = sorted((read_run(f, run_jobs.get(k)) for k, f in folders.items()), key=lambda r: r["mtime"], reverse=True)
 if not runs:
     st.info("No training run yet: start one above (or with `neurorit train`).")
@@ -152,7 +152,7 @@ if st.session_state.get(RUN_KEY) not in by_key:
 run_key = st.selectbox("Run", list(by_key), key=RUN_KEY,
                        format_func=lambda k: f"{by_key[k]['name']} · {by_key[k]['state']}")
 first = by_key[run_key]
-was_active = first["state"] in views.ACTIVE_RUN_STATES
+was_active = first["state"] in training.ACTIVE_RUN_STATES
 
 
 @st.fragment(run_every=POLL_S if was_active else None)
@@ -183,10 +183,10 @@ def run_panel() -> None:
         st.warning("The run's process ended without a final state (killed, or the machine restarted).")
 
     c1, c2, _ = st.columns([1, 1, 4])
-    if job is not None and job.state in views.ACTIVE_RUN_STATES:
+    if job is not None and job.state in training.ACTIVE_RUN_STATES:
         cancel_button(job.id, label="Cancel", key=f"train.cancel.{job.id}", container=c1)
     checkpoint = latest_checkpoint(folder) if folder.is_dir() else None
-    if views.can_resume(run_state, checkpoint is not None):
+    if training.can_resume(run_state, checkpoint is not None):
         if c2.button(f"Resume from step {checkpoint.step}", key=f"train.resume.{folder.name}"):
             try:
                 resumed = submit_resume(folder)
@@ -204,14 +204,14 @@ def run_panel() -> None:
                         key="train.loss")
     with st.expander("Log", expanded=run_state in ("running", "failed")):
         st.code((job.log_tail(40) if job is not None else "") or "(no job log for this run)", language=None)
-    if was_active and run_state not in views.ACTIVE_RUN_STATES:
+    if was_active and run_state not in training.ACTIVE_RUN_STATES:
         st.rerun()  # it just stopped: redraw the page (report, no more polling)
 
 
 run_panel()
 
 # ---- the report ---------------------------------------------------------------------------------
-if first["state"] in views.ACTIVE_RUN_STATES:
+if first["state"] in training.ACTIVE_RUN_STATES:
     state.stop_run()
 try:
     report = load_report(Path(run_key))

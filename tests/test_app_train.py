@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import forms, views  # noqa: E402
-from neurorit import store  # noqa: E402
+from neurorit import store, training  # noqa: E402
 from neurorit.errors import ConfigError  # noqa: E402
 from neurorit.evaluation import EvalReport, ExampleResult  # noqa: E402
 from neurorit.training import StageReport, TrainConfig, TrainReport  # noqa: E402
@@ -109,23 +109,23 @@ def test_training_progress_reads_the_last_step() -> None:
 
 
 def test_run_state_resume_and_the_run_a_job_writes() -> None:
-    assert views.run_state({"state": "interrupted"}, "running") == "running"
-    assert views.run_state({}, "queued") == "queued"
-    assert views.run_state({"state": "done"}, "done") == "done"
-    assert views.run_state({"state": "interrupted"}, "failed") == "interrupted"
-    assert views.run_state({}, "cancelled") == "cancelled" and views.run_state({}, None) == "unknown"
-    assert views.can_resume("interrupted", True) and views.can_resume("cancelled", True)
-    assert not views.can_resume("failed", False) and not views.can_resume("done", True)
-    assert not views.can_resume("running", True)
+    assert training.run_state({"state": "interrupted"}, "running") == "running"
+    assert training.run_state({}, "queued") == "queued"
+    assert training.run_state({"state": "done"}, "done") == "done"
+    assert training.run_state({"state": "interrupted"}, "failed") == "interrupted"
+    assert training.run_state({}, "cancelled") == "cancelled" and training.run_state({}, None) == "unknown"
+    assert training.can_resume("interrupted", True) and training.can_resume("cancelled", True)
+    assert not training.can_resume("failed", False) and not training.can_resume("done", True)
+    assert not training.can_resume("running", True)
 
     root = "/c/runs"
-    assert views.run_of_job(["train", "--config", "x.json"], {"run": "/c/runs/a"}, root) == "/c/runs/a"
-    assert views.run_of_job(["resume", "/c/runs/b", "--quiet"], {}, root) == "/c/runs/b"
-    assert views.run_of_job(["train", "--config", "/c/runs/_submitted/full-abc.json", "--out", "/o/r", "--quiet"], {},
+    assert training.run_of_job(["train", "--config", "x.json"], {"run": "/c/runs/a"}, root) == "/c/runs/a"
+    assert training.run_of_job(["resume", "/c/runs/b", "--quiet"], {}, root) == "/c/runs/b"
+    assert training.run_of_job(["train", "--config", "/c/runs/_submitted/full-abc.json", "--out", "/o/r", "--quiet"], {},
                             root) == "/o/r"
-    assert views.run_of_job(["train", "--config", "/c/runs/_submitted/full-abc.json", "--quiet"], {}, root) \
+    assert training.run_of_job(["train", "--config", "/c/runs/_submitted/full-abc.json", "--quiet"], {}, root) \
         == "/c/runs/full-abc"
-    assert views.run_of_job(["mine", "--data", "x"], {}, root) is None
+    assert training.run_of_job(["mine", "--data", "x"], {}, root) is None
 
 
 def test_runs_frame_rows() -> None:

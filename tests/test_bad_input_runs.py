@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cli_harness import ok, reason, tree_snapshot
-from neurorit import jobs, store
+from neurorit import jobs, store, training
 from neurorit.data import demo_examples
 from neurorit.models import load_model
 from neurorit.evaluation import EvalConfig
@@ -124,10 +124,8 @@ def test_a_corrupt_job_table_is_refused_in_one_line_then_rebuilt_from_disk(damag
     assert unknown.state == "failed" and unknown.error.startswith("state unknown") and "jobs repair" in unknown.error
     assert "Traceback" in unknown.log_tail()
 
-    from app import views  # the Train page finds each run's job again
-
-    for folder in (disk["done"], disk["stopped"]):
-        assert views.run_of_job(by_run[str(folder)].argv, by_run[str(folder)].artifacts, cache / "runs") == str(folder)
+    for folder in (disk["done"], disk["stopped"]):  # the Train page finds each run's job again
+        assert training.run_of_job(by_run[str(folder)].argv, by_run[str(folder)].artifacts, cache / "runs") == str(folder)
     listed = ok(capsys, "jobs", "list")
     assert all(job_id in listed for job_id in rebuilt)
     assert str(disk["done"]) in ok(capsys, "jobs", "show", done.id)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app import artifacts, forms, resources
-from neurorit.compare import SET_NAMES, compare_mined, comparison_figure
+from neurorit.compare import compare_mined, comparison_figure
+from neurorit.neurons import SET_NAMES
 from neurorit.errors import NeuroritError
 
 KEY_A, KEY_B, KEY_SET = "w.mine.compare.a", "w.mine.compare.b", "w.mine.compare.set"

@@ -16,12 +16,12 @@ from typing import Any, Mapping
 
 import streamlit as st
 
-from app import artifacts, forms, passages_view, resources, views
+from app import artifacts, forms, passages_view, resources
 from app.progress import StreamlitProgress
 from neurorit.configs import stable_hash
 from neurorit.data import RagExample, examples_fingerprint
 from neurorit.errors import NeuroritError
-from neurorit.neurons import NeuronSet
+from neurorit.neurons import SET_NAMES, NeuronSet
 from neurorit.passages import PassageAttribution, PassageConfig, attribute_passages
 from neurorit.prompts import PromptConfig
 
@@ -42,7 +42,7 @@ def _neuron_choice(n_layers: int, d_mlp: int, example_sets: Mapping[str, NeuronS
                           key=f"{KEY}.source")
     if source == NO_SET:
         return None
-    name = c2.selectbox("Set", list(views.SET_NAMES), key=forms.init(f"{KEY}.set", "irrelevant-exclusive"))
+    name = c2.selectbox("Set", list(SET_NAMES), key=forms.init(f"{KEY}.set", "irrelevant-exclusive"))
     if source == EXAMPLE_SETS:
         return example_sets[name].relabel(f"{name} of this example")  # type: ignore[index]
     try:

@@ -23,12 +23,11 @@ import torch
 from neurorit.attribution import NeuronScores
 from neurorit.data import Passage, RagExample
 from neurorit.errors import DataError
-from neurorit.neurons import Neuron, NeuronSet, SelectionRule, select_example
+from neurorit.neurons import Neuron, NeuronSet, SelectionRule, five_sets, select_example
 
 if TYPE_CHECKING:
     from neurorit.training.report import TrainReport
 
-SET_NAMES = ("relevant", "irrelevant", "irrelevant-exclusive", "relevant-exclusive", "shared")
 SET_COLORS = {
     "relevant": "#2b83ba", "irrelevant": "#d7191c", "irrelevant-exclusive": "#fdae61",
     "relevant-exclusive": "#abd9e9", "shared": "#7b3294",
@@ -153,14 +152,8 @@ def gap_health(scores: NeuronScores) -> Health:
 
 def example_sets(relevant: NeuronScores, irrelevant: NeuronScores, rule: SelectionRule) -> dict[str, NeuronSet]:
     """One example's relevant and irrelevant neurons under the rule, and their exclusive / shared parts."""
-    r = NeuronSet(select_example(relevant.scores.float().cpu(), rule), "relevant")
-    i = NeuronSet(select_example(irrelevant.scores.float().cpu(), rule), "irrelevant")
-    return {
-        "relevant": r, "irrelevant": i,
-        "irrelevant-exclusive": (i - r).relabel("irrelevant-exclusive"),
-        "relevant-exclusive": (r - i).relabel("relevant-exclusive"),
-        "shared": (r & i).relabel("shared"),
-    }
+    return five_sets(NeuronSet(select_example(relevant.scores.float().cpu(), rule), "relevant"),
+                     NeuronSet(select_example(irrelevant.scores.float().cpu(), rule), "irrelevant"))
 
 
 def counts_frame(counts: Mapping[str, Sequence[int]]) -> pd.DataFrame:

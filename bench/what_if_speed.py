@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import describe  # noqa: E402
 from neurorit import decoding, evaluation  # noqa: E402
 from neurorit.data import demo_examples  # noqa: E402
-from neurorit.masks import NeuronMask, random_like  # noqa: E402
+from neurorit.masks import NeuronMask  # noqa: E402
 from neurorit.mining import MinedNeurons  # noqa: E402
 from neurorit.models import load_model, model_identity  # noqa: E402
 from neurorit.neurons import NeuronSet  # noqa: E402
@@ -83,7 +83,8 @@ def main() -> int:
         grid = torch.zeros(ident.n_layers * ident.d_mlp, dtype=torch.bool)
         grid[torch.randperm(grid.numel(), generator=torch.Generator().manual_seed(1))[:100]] = True
         base = NeuronSet(grid.view(ident.n_layers, ident.d_mlp), "random")
-    masks[f"random, same per-layer counts ({len(base)} neurons)"] = NeuronMask.silencing(random_like(base, seed=0), ident)
+    first = next(iter(masks.values())) if masks else NeuronMask.silencing(base, ident)
+    masks[f"random, same per-layer counts ({len(base)} neurons)"] = first.random_control(0)
     layer = torch.zeros(ident.n_layers, ident.d_mlp, dtype=torch.bool)
     layer[args.layer] = True
     masks[f"all of layer {args.layer} ({ident.d_mlp} neurons)"] = NeuronMask.silencing(NeuronSet(layer, "layer"), ident)
@@ -144,7 +145,7 @@ def main() -> int:
               f"{med['three']:.2f} s | {med['three_bridge']:.2f} s |")
     batch = examples[: args.batch]
     mask = next(iter(masks.values()))
-    control = evaluation.random_control(mask, seed=0)
+    control = mask.random_control(0)
 
     def three_runs() -> list:  # type: ignore[type-arg]
         return [evaluation.evaluate(model, batch, config, mask=m) for m in (None, mask, control)]

@@ -128,6 +128,7 @@ def quadrature_rule(n_steps: int, rule: Quadrature) -> tuple[Tensor, Tensor]:
     return alphas, weights
 
 
+SCORES_FORMAT_VERSION = 1  # scores.json + scores.safetensors
 GAP_FLOOR = 0.05  # nats: the smallest |f(x) - f(x')| a relative completeness gap is measured against
 
 
@@ -170,7 +171,7 @@ class NeuronScores:
         )
         store.write_json(
             folder / "scores.json",
-            {"layers": list(self.layers), "f_input": self.f_input, "example_id": self.example_id,
+            {"format_version": SCORES_FORMAT_VERSION, "kind": "neuron_scores", "layers": list(self.layers), "f_input": self.f_input, "example_id": self.example_id,
              "view": self.view, "method": self.method, "config": self.config},
         )
         return folder
@@ -179,6 +180,7 @@ class NeuronScores:
     def load(cls, folder: Path) -> "NeuronScores":
         tensors = store.read_tensors(folder / "scores.safetensors")
         meta = store.read_json(folder / "scores.json")
+        store.check_format_version(meta, SCORES_FORMAT_VERSION, folder / "scores.json")
         try:
             return cls(
                 scores=tensors["scores"], layers=tuple(meta["layers"]), f_input=float(meta["f_input"]),

@@ -287,16 +287,13 @@ def cmd_mine(args: argparse.Namespace) -> int:
     return 0
 
 
-SET_NAMES = ("relevant", "irrelevant", "irrelevant-exclusive", "relevant-exclusive", "shared")
-
-
 def _load_set(mined_path: str, name: str, model: Any | None = None) -> tuple[Any, Any]:
     from neurorit.mining import MinedNeurons
 
     mined = MinedNeurons.load(Path(mined_path), model)
     sets = mined.named_sets()
     if name not in sets:
-        raise UsageError(f"unknown set {name!r}; choose one of {', '.join(SET_NAMES)}.")
+        raise UsageError(f"unknown set {name!r}; choose one of {', '.join(sets)}.")
     return mined, sets[name]
 
 
@@ -308,7 +305,7 @@ def cmd_sets(args: argparse.Namespace) -> int:
     if args.set:
         chosen = sets.get(args.set)
         if chosen is None:
-            raise UsageError(f"unknown set {args.set!r}; choose one of {', '.join(SET_NAMES)}.")
+            raise UsageError(f"unknown set {args.set!r}; choose one of {', '.join(sets)}.")
         if args.json:
             print(json.dumps({"set": args.set, "neurons": chosen.neurons()}))
         else:
@@ -324,8 +321,11 @@ def cmd_sets(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from neurorit.compare import compare_paths, comparison_figure
+    from neurorit.neurons import SET_NAMES
     from neurorit.store import write_text_atomic
 
+    if args.set not in SET_NAMES:
+        raise UsageError(f"unknown set {args.set!r}; choose one of {', '.join(SET_NAMES)}.")
     html = Path(args.html) if args.html else None
     if html is not None and html.is_dir():
         raise UsageError(f"--html {html} is a folder; give a file name such as compare.html.")
@@ -374,8 +374,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
-    from neurorit.masks import NeuronMask, random_like
-    from neurorit.neurons import NeuronSet, parse_neurons
+    from neurorit.masks import NeuronMask
+    from neurorit.neurons import parse_neurons
     from neurorit.store import artifact_dir, check_folder_path
 
     if args.out:
@@ -383,27 +383,21 @@ def cmd_mask(args: argparse.Namespace) -> int:
     file_cfg = _load_config_file(args)
     model = _model(args, file_cfg)
     n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    provenance: dict[str, Any] = {}
     chosen = [bool(args.mined), bool(args.neurons), args.layer is not None]
     if sum(chosen) != 1:
         raise UsageError("give exactly one of --mined (with --set), --neurons or --layer.")
     if args.mined:
-        mined, neurons = _load_set(args.mined, args.set, model)
-        provenance = {"mined": str(args.mined), "set": args.set, "mining": mined.provenance.get("mining"),
-                      "data": mined.provenance.get("data"), "selection": mined.provenance.get("selection")}
+        mined, _ = _load_set(args.mined, args.set, model)
+        mask = NeuronMask.from_mined(mined, args.set, scale=args.scale)
     elif args.neurons:
-        neurons = NeuronSet.from_neurons(parse_neurons(args.neurons, n_layers, d_mlp), n_layers, d_mlp, "hand-picked")
+        mask = NeuronMask.from_neurons(parse_neurons(args.neurons, n_layers, d_mlp), model, scale=args.scale)
     else:
-        if not 0 <= args.layer < n_layers:
-            raise UsageError(f"--layer {args.layer} does not exist: the model has layers 0..{n_layers - 1}.")
-        neurons = NeuronSet.from_neurons([(args.layer, i) for i in range(d_mlp)], n_layers, d_mlp, f"layer {args.layer}")
+        mask = NeuronMask.from_layer(args.layer, model, scale=args.scale)
     if args.random_like is not None:
-        neurons = random_like(neurons, seed=args.random_like).relabel(f"random like {neurons.label}")
-        provenance["random_seed"] = args.random_like
-    mask = NeuronMask.silencing(neurons, model, scale=args.scale, provenance=provenance)
+        mask = mask.random_control(args.random_like)
     folder = Path(args.out) if args.out else artifact_dir("masks", mask.key())
     mask.save(folder)
-    print(f"mask of {len(mask.neurons)} neurons at scale {args.scale} ({neurons.label}); per layer: "
+    print(f"mask of {len(mask.neurons)} neurons at scale {args.scale} ({mask.neurons.label}); per layer: "
           + " ".join(f"{l}:{c}" for l, c in enumerate(mask.counts_per_layer()) if c))
     print(f"saved: {folder}")
     return 0
@@ -969,7 +963,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sets", help="show the mined sets: per-layer counts, or the neurons of one set")
     p.add_argument("--mined", required=True, help="a mined folder (printed by `neurorit mine`)")
-    p.add_argument("--set", help=f"one of {', '.join(SET_NAMES)}")
+    p.add_argument("--set", help="one of relevant, irrelevant, irrelevant-exclusive, relevant-exclusive, shared")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sets)
 
@@ -977,8 +971,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "Jaccard, and A's irrelevant-exclusive neurons' attribution under A vs B")
     p.add_argument("a", help="mined result A (the base): a mined folder or its mined.json")
     p.add_argument("b", help="mined result B, of the same n_layers x d_mlp (e.g. mined on the trained checkpoint)")
-    p.add_argument("--set", default="irrelevant-exclusive", choices=SET_NAMES,
-                   help="the set of the per-layer table and the figure (default irrelevant-exclusive)")
+    p.add_argument("--set", default="irrelevant-exclusive",
+                   help="the set of the per-layer table and the figure (default irrelevant-exclusive; see `neurorit sets`)")
     p.add_argument("--json", action="store_true", help="print the whole comparison (every set and layer) as JSON")
     p.add_argument("--html", metavar="FIG.html", help="also write the figure (bars per layer, attribution scatter)")
     p.set_defaults(func=cmd_compare)

@@ -23,10 +23,10 @@ import torch
 
 from neurorit.errors import ArtifactError, ConfigError, ModelMismatchError
 from neurorit.mining import MinedNeurons
+from neurorit.neurons import SET_NAMES
 
 log = logging.getLogger(__name__)
 
-SET_NAMES = ("relevant", "irrelevant", "irrelevant-exclusive", "relevant-exclusive", "shared")
 OVERLAP_COLUMNS = ["set", "layer", "a", "b", "both", "either", "jaccard"]
 SHIFT_COLUMNS = ["layer", "index", "irrelevant_a", "irrelevant_b", "relevant_a", "relevant_b", "in_b"]
 

@@ -24,7 +24,7 @@ from neurorit.configs import coerce_fields, from_dict, is_int, stable_hash, to_d
 from neurorit.data import RagExample
 from neurorit.decoding import ANSWER_CACHE, AnswerCache, decode_and_score, step_engine
 from neurorit.errors import ArtifactError, ConfigError, DataError
-from neurorit.masks import NeuronMask, random_like
+from neurorit.masks import NeuronMask
 from neurorit.metrics import contains_answer, exact_match, token_f1
 from neurorit.models import model_identity
 from neurorit.prompts import VIEWS, Prompt, PromptConfig, build_prompt
@@ -291,17 +291,6 @@ def _mask_summary(mask: NeuronMask | None) -> dict[str, Any] | None:
 # ---- ablation -----------------------------------------------------------------------------------
 
 
-def random_control(mask: NeuronMask, *, seed: int = 0) -> NeuronMask:
-    """A mask with the same scale values, per layer, on uniformly random neurons (random_like)."""
-    chosen = random_like(mask.neurons, seed=seed)
-    scale = torch.ones_like(mask.scale)
-    for layer in range(scale.shape[0]):
-        values = mask.scale[layer][mask.scale[layer] != 1.0]  # [count]
-        scale[layer][chosen.grid[layer]] = values
-    provenance = {"kind": "random_control", "seed": seed, "control_of": mask.key()}
-    return NeuronMask(scale, mask.model, provenance)
-
-
 @dataclass(frozen=True)
 class AblationReport:
     """The same evaluation without the mask, with it, and with a random control mask."""
@@ -358,7 +347,8 @@ def ablate(
     cache: AnswerCache = ANSWER_CACHE,
     on_progress: ProgressFn = no_progress,
 ) -> AblationReport:
-    """Evaluate without the mask, with it, and (unless control_seed is None) with random_control.
+    """Evaluate without the mask, with it, and (unless control_seed is None) with its random control
+    (NeuronMask.random_control).
 
     Prompt by prompt: the unmasked answer (remembered in `cache`, see decoding.AnswerCache) drafts the masked and
     control answers, and on the fast path their prefills start at their masks' lowest layers from
@@ -366,7 +356,7 @@ def ablate(
     """
     examples = list(examples)
     mask.check(model, strict=strict)  # fail before the (long) run
-    control_mask = random_control(mask, seed=control_seed) if control_seed is not None else None
+    control_mask = mask.random_control(control_seed) if control_seed is not None else None
     runs = {"base": None, "masked": mask, **({"control": control_mask} if control_mask is not None else {})}
     plan, skipped = _prompt_plan(model, examples, config)
     results: dict[str, list[ExampleResult]] = {name: [] for name in runs}

@@ -3,7 +3,8 @@
 Owns: `NeuronMask` (a float scale per neuron, 1 = unchanged, 0 = off, 2 = amplified, plus the
 identity of the model it was made for and its provenance), checking a mask against a model,
 applying it through hooks inside a context manager, saving and loading it as a validated artifact
-(`mask.safetensors` + `mask.json`), the random-mask control (`random_like`), and baking a mask into
+(`mask.safetensors` + `mask.json`), the random-mask control (`random_like`, `NeuronMask.random_control`),
+and baking a mask into
 an ordinary Hugging Face checkpoint (`bake`). Must not: spell hook names or weight paths (see
 sites.py), mine neurons, or unpickle anything.
 
@@ -21,7 +22,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -109,6 +110,48 @@ class NeuronMask:
         record = {"kind": "silencing", "set_label": neurons.label, "scale": float(scale),
                   **(provenance or {})}
         return cls(grid, identity, record)
+
+    @classmethod
+    def from_mined(cls, mined: Any, set_name: str, *, scale: float = 0.0) -> "NeuronMask":
+        """A named set (neurons.SET_NAMES) of a mining result (mining.MinedNeurons), for its model.
+
+        The provenance names the result by its key, not its path, so the same set gives the same
+        mask key from the CLI, a page, training or a study."""
+        sets = mined.named_sets()
+        if set_name not in sets:
+            raise ConfigError(f"unknown set {set_name!r}; choose one of {', '.join(sets)}.")
+        return cls.silencing(sets[set_name], mined.model, scale=scale, provenance={
+            "source": "mined", "mined": mined.key(), "set": set_name, "mining": mined.provenance.get("mining"),
+            "data": mined.provenance.get("data"), "selection": mined.provenance.get("selection")})
+
+    @classmethod
+    def from_neurons(cls, neurons: Sequence[tuple[int, int]], model_or_identity: Any, *,
+                     scale: float = 0.0) -> "NeuronMask":
+        """Hand-picked neurons (layer, index), in the order given."""
+        identity = _identity_of(model_or_identity)
+        chosen = NeuronSet.from_neurons(neurons, identity.n_layers, identity.d_mlp, f"hand-picked ({len(neurons)})")
+        return cls.silencing(chosen, identity, scale=scale,
+                             provenance={"source": "hand-picked", "neurons": [f"{l}:{i}" for l, i in neurons]})
+
+    @classmethod
+    def from_layer(cls, layer: int, model_or_identity: Any, *, scale: float = 0.0) -> "NeuronMask":
+        """Every neuron of one layer."""
+        identity = _identity_of(model_or_identity)
+        if not 0 <= int(layer) < identity.n_layers:
+            raise ConfigError(f"layer {layer} does not exist: the model has layers 0..{identity.n_layers - 1}.")
+        chosen = NeuronSet.from_neurons([(int(layer), i) for i in range(identity.d_mlp)], identity.n_layers,
+                                        identity.d_mlp, f"layer {int(layer)}")
+        return cls.silencing(chosen, identity, scale=scale, provenance={"source": "layer", "layer": int(layer)})
+
+    def random_control(self, seed: int = 0) -> "NeuronMask":
+        """The control: the same scale values, per layer, on uniformly random neurons (random_like)."""
+        chosen = random_like(self.neurons, seed=seed)
+        scale = torch.ones_like(self.scale)
+        for layer in range(scale.shape[0]):
+            values = self.scale[layer][self.scale[layer] != 1.0]  # [count]
+            scale[layer][chosen.grid[layer]] = values
+        return NeuronMask(scale, self.model, {"kind": "random_control", "seed": seed, "control_of": self.key(),
+                                              "set_label": chosen.label})
 
     @classmethod
     def identity(cls, model: Any) -> "NeuronMask":

@@ -19,16 +19,18 @@ import torch
 from neurorit import store
 from neurorit.attribution import MiningConfig, NeuronScores, attribute_neurons, preview_neurons
 from neurorit.configs import stable_hash
+from neurorit.store import check_format_version
 from neurorit.data import RagExample, examples_fingerprint
 from neurorit.errors import ArtifactError, DataError, ModelMismatchError
 from neurorit.models import ModelIdentity, model_identity
-from neurorit.neurons import NeuronSet, SelectionRule, aggregate_selection, selection_frequency
+from neurorit.neurons import NeuronSet, SelectionRule, aggregate_selection, five_sets, selection_frequency
 from neurorit.prompts import Prompt, PromptConfig, build_prompt
 from neurorit.types import NeuronGrid, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 
 MINED_VIEWS = ("relevant", "irrelevant")
+MINED_FORMAT_VERSION = 1  # mined.json + mined.safetensors
 
 
 def prompt_for(model: Any, example: RagExample, view: str, prompt_config: PromptConfig) -> Prompt:
@@ -105,22 +107,19 @@ class MinedNeurons:
 
     @property
     def irrelevant_exclusive(self) -> NeuronSet:
-        return (self.irrelevant - self.relevant).relabel("irrelevant-exclusive")
+        return self.named_sets()["irrelevant-exclusive"]
 
     @property
     def relevant_exclusive(self) -> NeuronSet:
-        return (self.relevant - self.irrelevant).relabel("relevant-exclusive")
+        return self.named_sets()["relevant-exclusive"]
 
     @property
     def shared(self) -> NeuronSet:
-        return (self.relevant & self.irrelevant).relabel("shared")
+        return self.named_sets()["shared"]
 
     def named_sets(self) -> dict[str, NeuronSet]:
-        return {
-            "relevant": self.relevant, "irrelevant": self.irrelevant,
-            "irrelevant-exclusive": self.irrelevant_exclusive,
-            "relevant-exclusive": self.relevant_exclusive, "shared": self.shared,
-        }
+        """The five sets (neurons.SET_NAMES) of the relevant / irrelevant pair."""
+        return five_sets(self.relevant, self.irrelevant)
 
     def counts_per_layer(self) -> dict[str, list[int]]:
         return {name: s.counts_per_layer() for name, s in self.named_sets().items()}
@@ -142,7 +141,8 @@ class MinedNeurons:
         )
         store.write_json(
             folder / "mined.json",
-            {"example_ids": list(self.example_ids), "model": dataclasses.asdict(self.model),
+            {"format_version": MINED_FORMAT_VERSION, "kind": "mined_neurons",
+             "example_ids": list(self.example_ids), "model": dataclasses.asdict(self.model),
              "provenance": self.provenance, "counts_per_layer": self.counts_per_layer()},
         )
         return folder
@@ -152,6 +152,7 @@ class MinedNeurons:
         folder = Path(folder)
         tensors = store.read_tensors(folder / "mined.safetensors")
         meta = store.read_json(folder / "mined.json")
+        check_format_version(meta, MINED_FORMAT_VERSION, folder / "mined.json")
         try:
             mined = cls(
                 relevant=NeuronSet(tensors["relevant"].bool(), "relevant"),

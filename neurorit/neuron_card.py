@@ -38,7 +38,6 @@ from neurorit.errors import ConfigError, DataError, ModelMismatchError
 from neurorit.masks import NeuronMask
 from neurorit.mining import MinedNeurons
 from neurorit.models import hf_state_dict, model_identity
-from neurorit.neurons import NeuronSet
 from neurorit.prompts import PromptConfig, build_prompt
 from neurorit.readout import check_neuron, output_directions, unembedding, vocab_size
 from neurorit.stats import Interval, PairedComparison, mean_interval, paired_comparison
@@ -289,9 +288,7 @@ def random_other_neuron(layer: int, index: int, d_mlp: int, seed: int = 0) -> in
 def single_neuron_mask(model: Any, layer: int, index: int) -> NeuronMask:
     """The mask that zeroes only (layer, index)."""
     check_neuron(model, layer, index)
-    neurons = NeuronSet.from_neurons([(layer, index)], int(model.cfg.n_layers), int(model.cfg.d_mlp),
-                                     f"{layer}:{index}")
-    return NeuronMask.silencing(neurons, model, provenance={"kind": "single_neuron"})
+    return NeuronMask.from_neurons([(layer, index)], model)
 
 
 def switch_off_alone(

@@ -2,7 +2,8 @@
 
 Owns: how a neuron is written (`parse_neuron`, `parse_neurons`: 'layer:index', the one parser of
 the CLI, the app and the notes; `check_neuron` against a model's grid), `NeuronSet` (a boolean
-layer x neuron grid with | & - algebra and per-layer counts) and
+layer x neuron grid with | & - algebra and per-layer counts), the five named sets of a relevant /
+irrelevant pair (`SET_NAMES`, `five_sets`) and
 `SelectionRule` with the selection steps (per example: a threshold relative to the example's
 max, top-k, or the counting recipe's top-N; across examples: support or the h most frequent):
 `select_example`, `selection_frequency`, `aggregate_selection`, `select_neurons`. The mined sets
@@ -140,6 +141,21 @@ class NeuronSet:
 
     def relabel(self, label: str) -> "NeuronSet":
         return NeuronSet(self.grid, label)
+
+
+SET_NAMES = ("relevant", "irrelevant", "irrelevant-exclusive", "relevant-exclusive", "shared")
+"""The five sets of a relevant / irrelevant pair (five_sets), in the order the workbench lists them."""
+
+
+def five_sets(relevant: NeuronSet, irrelevant: NeuronSet) -> dict[str, NeuronSet]:
+    """The relevant and irrelevant sets and their exclusive and shared parts, by SET_NAMES."""
+    relevant, irrelevant = relevant.relabel("relevant"), irrelevant.relabel("irrelevant")
+    return {
+        "relevant": relevant, "irrelevant": irrelevant,
+        "irrelevant-exclusive": (irrelevant - relevant).relabel("irrelevant-exclusive"),
+        "relevant-exclusive": (relevant - irrelevant).relabel("relevant-exclusive"),
+        "shared": (relevant & irrelevant).relabel("shared"),
+    }
 
 
 SelectionMode = Literal["relative", "top_k", "count"]

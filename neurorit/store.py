@@ -1,8 +1,8 @@
 """The artifact cache on disk.
 
-Owns: where `cache/` is, the folder of an artifact kind and key, and writing files so that a
-crash never leaves a half-written artifact (write to a temporary name, then rename). Must not:
-know what an artifact contains.
+Owns: where `cache/` is, the folder of an artifact kind and key, writing files so that a crash
+never leaves a half-written artifact (write to a temporary name, then rename), and the check of an
+artifact's `format_version`. Must not: know what an artifact contains.
 """
 
 from __future__ import annotations
@@ -167,3 +167,12 @@ def save_cached(kind: str, key: str, save: Callable[[Path], Any]) -> Path:
     with atomic_dir(folder) as tmp:
         save(tmp)
     return folder
+
+
+def check_format_version(meta: Any, expected: int, where: Path | str) -> None:
+    """ArtifactError unless the artifact's JSON has `format_version` == expected (an artifact
+    written before format versions existed counts as version 1, the layout it has)."""
+    version = meta.get("format_version", 1) if isinstance(meta, dict) else None
+    if version != expected:
+        raise ArtifactError(f"{where} has format_version {version!r}, this neurorit reads {expected}; "
+                            "delete it (it is a cache) and compute it again.")

@@ -636,10 +636,8 @@ def _identity_mask(spec: StudySpec, mined: Path) -> Path:
     mined_sets_ = MinedNeurons.load(mined)
     folder = store.cache_root() / "masks" / f"identity-{mined_sets_.model.fingerprint}"
     if not (folder / "mask.json").is_file():
-        ones = NeuronMask.silencing(mined_sets_.irrelevant_exclusive, mined_sets_.model).scale.clone().fill_(1.0)
-        mask = NeuronMask(ones, mined_sets_.model, {"kind": "identity", "note": "neuro_rit_stage2: no mask"})
         with store.atomic_dir(folder) as tmp:
-            mask.save(tmp)
+            NeuronMask.identity(mined_sets_.model).save(tmp)  # neuro_rit_stage2: no mask
     return folder
 
 

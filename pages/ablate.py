@@ -12,7 +12,7 @@ from neurorit.data import examples_fingerprint
 from neurorit.errors import NeuroritError
 from neurorit.evaluation import ablate, answers_without_mask, what_if
 from neurorit.masks import NeuronMask, random_like
-from neurorit.neurons import NeuronSet, parse_neurons
+from neurorit.neurons import SET_NAMES, NeuronSet, parse_neurons
 
 SOURCES = ("From Explore (this session)", "Mined set (cache)", "Whole layer", "Hand-picked neurons")
 
@@ -49,8 +49,8 @@ if before_key in results:
 # ---- what to switch off -----------------------------------------------------------------------
 st.subheader("What to switch off")
 source = st.radio("Neurons", SOURCES, horizontal=True, key=forms.init("w.ablate.source", SOURCES[0]))
-base: NeuronSet | None = None
-provenance: dict = {"source": "ablate"}
+base: NeuronSet | None = None  # what is shown; build(scale) makes its mask (NeuronMask's constructors)
+build = None
 try:
     if source == SOURCES[0]:
         shared = state.shared_set()
@@ -60,8 +60,10 @@ try:
         else:
             name = st.selectbox("Set", list(shared["sets"]), key=forms.init("w.ablate.explore_set", "irrelevant-exclusive"))
             base = shared["sets"][name].relabel(f"{name} of {shared['example_id']}")
-            provenance.update(origin="explore", example_id=shared["example_id"], method=shared["method"],
-                              selection=shared["rule"], mining=shared["mining"], set=name)
+            explore_set, explore_source = base, {
+                "source": "explore", "example_id": shared["example_id"], "method": shared["method"],
+                "selection": shared["rule"], "mining": shared["mining"], "set": name}
+            build = lambda s: NeuronMask.silencing(explore_set, ident, scale=s, provenance=explore_source)  # noqa: E731
             st.caption(f"From the {shared['method']} result of example {shared['example_id']} on the Explore page.")
     elif source == SOURCES[1]:
         entries = [e for e in artifacts.list_mined() if artifacts.fits(e, n_layers=ident.n_layers, d_mlp=ident.d_mlp)]
@@ -71,23 +73,22 @@ try:
             pick = st.selectbox("Mining result", range(len(entries)), format_func=lambda i: artifacts.mined_label(entries[i]),
                                 key="ablate.mined")
             entry = entries[int(pick or 0)]
-            name = st.selectbox("Set", list(views.SET_NAMES), key=forms.init("w.ablate.mined_set", "irrelevant-exclusive"))
+            name = st.selectbox("Set", list(SET_NAMES), key=forms.init("w.ablate.mined_set", "irrelevant-exclusive"))
             mined = resources.mined(entry.folder)
             base = mined.named_sets()[name].relabel(f"{name} (mined {entry.key[:10]})")
-            provenance.update(origin="mined", mined=entry.key, set=name, mining=mined.provenance.get("mining"),
-                              selection=mined.provenance.get("selection"), data=mined.provenance.get("data"))
+            build = lambda s: NeuronMask.from_mined(mined, name, scale=s)  # noqa: E731
     elif source == SOURCES[2]:
         layer = st.number_input("Layer", min_value=0, max_value=ident.n_layers - 1, step=1, key=forms.init("w.ablate.layer", 0))
         grid = NeuronSet.empty(ident.n_layers, ident.d_mlp).grid.clone()
         grid[int(layer)] = True
         base = NeuronSet(grid, f"layer {int(layer)}")
-        provenance.update(origin="layer", layer=int(layer))
+        build = lambda s: NeuronMask.from_layer(int(layer), ident, scale=s)  # noqa: E731
     else:
         text = st.text_input("Neurons as layer:index pairs", key=forms.init("w.ablate.neurons", ""), placeholder="3:17, 12:404")
         if text.strip():
             neurons = parse_neurons(text, ident.n_layers, ident.d_mlp)
             base = NeuronSet.from_neurons(neurons, ident.n_layers, ident.d_mlp, f"hand-picked ({len(neurons)})")
-            provenance.update(origin="hand-picked", neurons=[f"{l}:{i}" for l, i in neurons])
+            build = lambda s: NeuronMask.from_neurons(neurons, ident, scale=s)  # noqa: E731
 except NeuroritError as exc:
     st.error(str(exc))
     base = None
@@ -97,16 +98,16 @@ use_random = c1.checkbox("Random set of the same size instead", help="The same n
                          key=forms.init("w.ablate.random", False))
 seed = c2.number_input("Random seed", min_value=0, step=1, key=forms.init("w.ablate.seed", 0))
 scale = c3.slider("Scale (0 = off, 1 = unchanged, 2 = amplified)", 0.0, 2.0, step=0.05, key=forms.init("w.ablate.scale", 0.0))
-if base is None:
+if base is None or build is None:
     state.stop_run()
-neuron_set = random_like(base, seed=int(seed)) if use_random else base
-if use_random:
-    provenance.update(random_like=base.label, seed=int(seed))
+neuron_set = random_like(base, seed=int(seed)) if use_random else base  # the draw NeuronMask.random_control makes
 if not len(neuron_set):
     st.warning(f"The set {neuron_set.label!r} is empty: nothing to switch off. Loosen the selection rule on Explore.")
     state.stop_run()
 try:
-    mask = NeuronMask.silencing(neuron_set, ident, scale=float(scale), provenance=provenance)
+    mask = build(float(scale))
+    if use_random:
+        mask = mask.random_control(int(seed))
 except NeuroritError as exc:
     st.error(str(exc))
     state.stop_run()

@@ -115,7 +115,8 @@ def test_mask_from_a_mined_set_round_trips(mined, tiny_llama_dir, tiny_llama, tm
     assert f"saved: {out_dir}" in out
     mask = NeuronMask.load(out_dir, tiny_llama)  # strict: made for exactly these weights
     assert mask.neurons == MinedNeurons.load(path).irrelevant
-    assert mask.provenance["set"] == "irrelevant" and mask.provenance["mined"] == str(path)
+    assert mask.provenance["set"] == "irrelevant" and mask.provenance["mined"] == MinedNeurons.load(path).key()
+    assert mask.key() == NeuronMask.from_mined(MinedNeurons.load(path), "irrelevant").key()  # as a page or training makes it
     torch.testing.assert_close(mask.scale[mask.neurons.grid], torch.zeros(len(mask)))
 
 
@@ -134,7 +135,7 @@ def test_mask_from_neurons_a_layer_and_random_like(mined, tiny_llama_dir, tmp_pa
        "--out", tmp_path / "random")
     random = NeuronMask.load(tmp_path / "random")
     assert random.counts_per_layer() == MinedNeurons.load(path).relevant.counts_per_layer()
-    assert random.provenance["random_seed"] == 3
+    assert random.provenance["kind"] == "random_control" and random.provenance["seed"] == 3
 
 
 def test_evaluate_prints_a_table_and_saves_a_report(tiny_llama_dir, tmp_path, capsys):

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from neurorit.compare import SET_NAMES, compare_mined, compare_paths, comparison_figure, load_mined
+from neurorit.compare import compare_mined, compare_paths, comparison_figure, load_mined
+from neurorit.neurons import SET_NAMES
 from neurorit.errors import ArtifactError, ModelMismatchError
 from neurorit.mining import MinedNeurons
 from neurorit.models import ModelIdentity
@@ -248,7 +249,7 @@ def test_cli_json_and_html(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     out = ok(capsys, "compare", fa, fb, "--html", html)
     assert out.splitlines()[-1] == f"figure: {html}"
     assert "is a folder" in reason(capsys, "compare", fa, fb, "--html", tmp_path)
-    assert reason(capsys, "compare", fa, fb, "--set", "nope").startswith("neurorit compare: error:")
+    assert "unknown set 'nope'; choose one of relevant" in reason(capsys, "compare", fa, fb, "--set", "nope")
 
 
 # ----------------------------------------------------------------------------------------------

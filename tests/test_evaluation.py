@@ -15,7 +15,6 @@ from neurorit.evaluation import (
     SkippedPrompt,
     ablate,
     evaluate,
-    random_control,
     what_if,
 )
 from neurorit.decoding import answer_and_logprob, answer_logprob, generate_answer, stop_token_ids
@@ -263,13 +262,13 @@ def test_random_control_keeps_counts_and_values_per_layer(tiny_llama):
     scale[0, [1, 2, 3]] = 0.0
     scale[1, [5]] = 2.0
     mask = NeuronMask(scale, model_identity(tiny_llama), {"set_label": "I-R"})
-    control = random_control(mask, seed=3)
+    control = mask.random_control(3)
     assert control.counts_per_layer() == [3, 1]
     assert sorted(control.scale[0][control.scale[0] != 1].tolist()) == [0.0, 0.0, 0.0]
     assert control.scale[1][control.scale[1] != 1].tolist() == [2.0]
     assert not torch.equal(control.scale, mask.scale)
     assert control.provenance["control_of"] == mask.key() and control.provenance["seed"] == 3
-    assert torch.equal(random_control(mask, seed=3).scale, control.scale)
+    assert torch.equal(mask.random_control(3).scale, control.scale)
 
 
 def test_ablate_with_base_masked_and_control(tiny_llama, demo, tmp_path):
@@ -300,7 +299,7 @@ def test_ablate_with_base_masked_and_control(tiny_llama, demo, tmp_path):
     # prompt by prompt, drafted and replayed, the runs are what evaluate gives for each mask
     assert evaluate(tiny_llama, demo[:2], config, label="base").results == report.base.results
     assert evaluate(tiny_llama, demo[:2], config, mask=mask, label="masked").results == report.masked.results
-    control_mask = random_control(mask, seed=1)
+    control_mask = mask.random_control(1)
     assert evaluate(tiny_llama, demo[:2], config, mask=control_mask).results == report.control.results
     back = AblationReport.load(report.save(tmp_path / "ablation.json"))
     assert back == report

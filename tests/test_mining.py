@@ -69,3 +69,32 @@ def test_a_broken_cached_score_is_recomputed(tiny_llama, isolated_cache):
     from neurorit.attribution import NeuronScores
 
     torch.testing.assert_close(NeuronScores.load(folder).scores, first.scores)  # rewritten whole
+
+
+def test_mined_sets_and_scores_carry_a_format_version(tiny_llama, tmp_path, isolated_cache):
+    """Both artifacts write format_version 1; one written before versions existed still loads; another
+    version is one clear ArtifactError."""
+    import json
+
+    from neurorit.attribution import MiningConfig, NeuronScores, attribute_neurons
+    from neurorit.errors import ArtifactError
+
+    ids = tiny_llama.tokenizer.encode("Question: is grass green? Answer:")
+    scores = attribute_neurons(tiny_llama, ids, tiny_llama.tokenizer.encode(" yes"), MiningConfig(n_steps=2, baseline="zero"))
+    folder = scores.save(tmp_path / "scores")
+    meta = json.loads((folder / "scores.json").read_text())
+    assert meta["format_version"] == 1 and meta["kind"] == "neuron_scores"
+    del meta["format_version"]
+    (folder / "scores.json").write_text(json.dumps(meta))
+    assert torch.equal(NeuronScores.load(folder).scores, scores.scores)  # an older artifact: version 1
+    (folder / "scores.json").write_text(json.dumps({**meta, "format_version": 2}))
+    with pytest.raises(ArtifactError, match="format_version 2, this neurorit reads 1"):
+        NeuronScores.load(folder)
+
+    mined = mine(tiny_llama, demo_examples()[:2], MiningConfig(n_steps=2), SelectionRule(), PromptConfig(n_distractors=1))
+    path = mined_dir(mined) / "mined.json"
+    meta = json.loads(path.read_text())
+    assert meta["format_version"] == 1 and meta["kind"] == "mined_neurons"
+    path.write_text(json.dumps({**meta, "format_version": 7}))
+    with pytest.raises(ArtifactError, match="format_version 7"):
+        MinedNeurons.load(mined_dir(mined))

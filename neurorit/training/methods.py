@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from neurorit.errors import ConfigError, ModelMismatchError
-from neurorit.evaluation import random_control
 from neurorit.masks import NeuronMask
 from neurorit.mining import MinedNeurons
 from neurorit.models import model_identity, neuron_site
@@ -112,14 +111,10 @@ def mask_and_layers(config: TrainConfig, model: Any) -> tuple[NeuronMask | None,
         mask = NeuronMask.load(Path(config.mask), model, strict=True)  # another model: ModelMismatchError
     else:
         assert mined is not None  # TrainConfig refuses a masked method without mined or mask
-        mask = NeuronMask(
-            NeuronMask.silencing(mined.irrelevant_exclusive, mined.model).scale, mined.model,
-            {"kind": "silencing", "set_label": "irrelevant-exclusive", "scale": 0.0, "mined": str(config.mined),
-             "mining": mined.provenance.get("mining"), "selection": mined.provenance.get("selection")},
-        )
+        mask = NeuronMask.from_mined(mined, "irrelevant-exclusive")
         mask.check(model, strict=True)
     if config.method == "random_mask":
-        mask = random_control(mask, seed=config.random_seed)  # random_like: the same count in every layer
+        mask = mask.random_control(config.random_seed)  # random_like: the same count in every layer
     assert layers is not None
     return mask, tuple(layers)
 

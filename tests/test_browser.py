@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -38,7 +39,7 @@ VIEWPORT = {"width": 1440, "height": 1100}
 # The test waits for the app's own status (the count of finished script runs that every run writes
 # last, app.state.mark_run_finished), never for a clock. This bound only stops a hung app from
 # hanging CI: a busy or slow machine passes, however long its work takes below it.
-HANG_GUARD = 30 * 60_000  # ms
+HANG_GUARD = int(os.environ.get("NEURORIT_HANG_GUARD_MS", 30 * 60_000))  # ms; lower it to debug a hang
 SCREENSHOTS: list[Path] = []
 _FINISHED_RUNS = """() => Math.max(0, ...[...document.querySelectorAll('.neurorit-run-finished')]
     .map(el => Number(el.dataset.run)))"""
@@ -329,6 +330,9 @@ def test_a_heatmap_cell_opens_the_neuron_card_its_url_reopens_it_and_back_return
 
     page = browser_page
     expect.set_options(timeout=HANG_GUARD)
+    if not page.url.startswith(server):  # type: ignore[attr-defined]  # run alone (-k): a fresh page
+        page.goto(server)  # type: ignore[attr-defined]
+        _until_run_finished(page, 0)
     _go(page, "Explore one example")
     if page.get_by_role("button", name="Run preview").count() and "Run the preview" in _main_text(page):
         _click(page, "Run preview")  # run alone (-k): this session has no attribution yet
@@ -340,9 +344,9 @@ def test_a_heatmap_cell_opens_the_neuron_card_its_url_reopens_it_and_back_return
     target.click(position={"x": box["width"] * 0.37, "y": box["height"] * 0.5})  # a cell: the nearest target answers
     _until_run_finished(page, since)
     expect(page.get_by_role("heading", name="Neuron card")).to_be_visible()
-    expect(page).to_have_url(re.compile(r"/neuron\?n=\d+:\d+$"))
+    expect(page).to_have_url(re.compile(r"/neuron\?n=\d+(:|%3A)\d+$"))  # Streamlit writes the colon %3A
     card_url = page.url
-    neuron = re.search(r"n=(\d+:\d+)$", card_url).group(1)  # type: ignore[union-attr]
+    neuron = urllib.parse.unquote(re.search(r"n=([^&]+)$", card_url).group(1))  # type: ignore[union-attr]
     expect(page.get_by_role("heading", name=f"Neuron {neuron}")).to_be_visible()
     expect(page.get_by_text("What it writes")).to_be_visible()
     _shot(page, "7-neuron-card", 2600)
@@ -360,3 +364,51 @@ def test_a_heatmap_cell_opens_the_neuron_card_its_url_reopens_it_and_back_return
     if os.environ.get("NEURORIT_UPDATE_SCREENSHOTS") == "1":
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy2(OUT / "7-neuron-card.png", DOCS_SHOTS / "7-neuron-card.png")
+
+
+def test_a_passage_with_script_or_html_shows_as_text_and_runs_nothing(
+    browser_page: object, server: str, tmp_path: Path
+) -> None:
+    """A dataset whose passages hold <script> and an <img onerror> is loaded from disk; the neuron
+    card draws its prompt token by token (HTML the page renders itself): the markup shows as text,
+    and neither the script nor the handler runs (the page never sees the global they would set)."""
+    import json
+
+    from playwright.sync_api import expect
+
+    from neurorit.data import Passage, RagExample
+
+    hostile = RagExample(
+        id="hostile-1", question="What is the capital of France?", answers=("Paris",),
+        passages=(Passage("Paris is the capital and largest city of France.", "France", True),
+                  Passage('<script>window.__neurorit_xss = 1</script> Lyon is a city. '
+                          '<img src=x onerror="window.__neurorit_xss = 2">', "<b>Lyon</b>", False)),
+    )
+    data = tmp_path / "hostile.jsonl"
+    data.write_text(json.dumps(hostile.to_dict()) + "\n")
+    page = browser_page
+    expect.set_options(timeout=HANG_GUARD)
+    page.goto(server)  # type: ignore[attr-defined]
+    _until_run_finished(page, 0)
+    since = _finished_runs(page)
+    page.get_by_text("File on disk").click()  # type: ignore[attr-defined]
+    _until_run_finished(page, since)
+    box = page.get_by_role("textbox", name="Dataset file (.jsonl or .jsonl.gz)")  # type: ignore[attr-defined]
+    since = _finished_runs(page)
+    box.fill(str(data))
+    box.press("Enter")
+    _until_run_finished(page, since)
+    _click(page, "Load the file")
+    expect(page.get_by_text("hostile.jsonl (1 examples)")).to_be_visible()  # type: ignore[attr-defined]
+
+    search = page.get_by_role("textbox", name="Go to a neuron")  # type: ignore[attr-defined]
+    search.fill("0:0")
+    _click(page, "Open its card")
+    expect(page.get_by_role("heading", name="Neuron 0:0")).to_be_visible()  # type: ignore[attr-defined]
+    page.get_by_text("The prompt, token by token").click()  # type: ignore[attr-defined]
+    main = page.locator('[data-testid="stMain"]')  # type: ignore[attr-defined]
+    expect(main).to_contain_text("window.__neurorit_xss = 1")  # the script's text, shown
+    expect(main).to_contain_text("onerror")
+    assert page.evaluate("() => window.__neurorit_xss === undefined")  # type: ignore[attr-defined]
+    assert page.locator("img[src='x']").count() == 0  # type: ignore[attr-defined]
+    _shot(page, "8-card-escapes-html", 2600)

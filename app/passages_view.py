@@ -14,7 +14,7 @@ import html
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.views import GAP_OK, GAP_WARN, Health
+from app.views import Health, health_of_gap
 from neurorit.passages import PassageAttribution
 
 RELEVANT_COLOR = "#2b83ba"  # as views.SET_COLORS["relevant"]
@@ -58,13 +58,7 @@ def passage_bars_figure(result: PassageAttribution, *, title: str = "") -> go.Fi
 
 def gap_health(result: PassageAttribution) -> Health:
     """The completeness badge of the IG over the prompt: green below 1 %, amber below 5 %, else red."""
-    value = result.relative_gap
-    text = f"completeness gap {value:.2%}"
-    if value < GAP_OK:
-        return Health("ok", "green", value, text)
-    if value < GAP_WARN:
-        return Health("warn", "orange", value, text)
-    return Health("bad", "red", value, text + " (more IG steps)")
+    return health_of_gap(result.relative_gap, "more IG steps")
 
 
 def _heat(value: float, scale: float) -> str:

@@ -134,17 +134,22 @@ class Health:
     label: str
 
 
-def gap_health(scores: NeuronScores) -> Health:
-    """Green below 1 %, amber below 5 %, red otherwise; gray for the preview (it has no gap)."""
-    value = scores.max_relative_gap() if scores.layers else float("nan")
-    if scores.method != "ig" or not math.isfinite(value):
-        return Health("n/a", "gray", None, "gap n/a (preview)" if scores.method != "ig" else "gap n/a")
+def health_of_gap(value: float, fix: str) -> Health:
+    """The badge of a relative completeness gap: green below 1 %, amber below 5 %, else red with `fix`."""
     text = f"completeness gap {value:.2%}"
     if value < GAP_OK:
         return Health("ok", "green", value, text)
     if value < GAP_WARN:
         return Health("warn", "orange", value, text)
-    return Health("bad", "red", value, text + " (more IG steps, or Gauss-Legendre)")
+    return Health("bad", "red", value, f"{text} ({fix})")
+
+
+def gap_health(scores: NeuronScores) -> Health:
+    """Green below 1 %, amber below 5 %, red otherwise; gray for the preview (it has no gap)."""
+    value = scores.max_relative_gap() if scores.layers else float("nan")
+    if scores.method != "ig" or not math.isfinite(value):
+        return Health("n/a", "gray", None, "gap n/a (preview)" if scores.method != "ig" else "gap n/a")
+    return health_of_gap(value, "more IG steps, or Gauss-Legendre")
 
 
 # ---- sets and counts ----------------------------------------------------------------------------

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:  # `app` beside this file, whatever the working directory
-    sys.path.insert(0, str(ROOT))
+from app import card_view
+from app.forms import keep_widget_state
+from app.state import mark_run_finished
 
-from app import card_view  # noqa: E402
-from app.forms import keep_widget_state  # noqa: E402
-from app.state import mark_run_finished  # noqa: E402
+ROOT = Path(__file__).resolve().parent  # pages/ beside this file; Streamlit puts this folder on sys.path itself
 
 st.set_page_config(page_title="neurorit workbench", page_icon=":material/neurology:", layout="wide")
 keep_widget_state()

@@ -22,18 +22,15 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from app import artifacts, forms, state, views  # noqa: E402
-from neurorit import readout  # noqa: E402
-from neurorit.attribution import NeuronScores  # noqa: E402
-from neurorit.data import Passage, RagExample  # noqa: E402
-from neurorit.errors import ArtifactError, ConfigError, DataError, ModelMismatchError  # noqa: E402
-from neurorit.evaluation import WhatIf  # noqa: E402
-from neurorit.masks import NeuronMask  # noqa: E402
-from neurorit.models import ModelIdentity, model_identity  # noqa: E402
-from neurorit.neurons import NeuronSet, SelectionRule, parse_neurons  # noqa: E402
+from app import artifacts, forms, state, views
+from neurorit import readout
+from neurorit.attribution import NeuronScores
+from neurorit.data import Passage, RagExample
+from neurorit.errors import ArtifactError, ConfigError, DataError, ModelMismatchError
+from neurorit.evaluation import WhatIf
+from neurorit.masks import NeuronMask
+from neurorit.models import ModelIdentity, model_identity
+from neurorit.neurons import NeuronSet, SelectionRule, parse_neurons
 
 IDENT = ModelIdentity(name="toy", architecture="LlamaForCausalLM", n_layers=3, d_mlp=8, fingerprint="f" * 16)
 

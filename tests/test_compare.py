@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -299,8 +298,6 @@ def test_two_selection_rules_on_the_same_scores(mined_pair: tuple[Path, Path], c
 
 
 def test_mine_page_compares_two_cached_results(app_env: Path, mined_pair: tuple[Path, Path]) -> None:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from streamlit.testing.v1 import AppTest
 
     for folder in mined_pair:

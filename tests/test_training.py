@@ -163,6 +163,20 @@ def test_training_input_is_prompt_then_first_alias_then_end_of_turn(tokenizer):
     assert tokenizer.decode(list(shortest.target_ids[:-1])) == min(example.answers, key=len)
 
 
+def test_a_long_noisy_or_irrelevant_prompt_drops_distractors_until_it_fits(tokenizer):
+    example = demo_examples()[0]
+    config = small(method="full")
+    full = {view: build_item(example, view, 3, 0, tokenizer, config) for view in ("noisy", "irrelevant")}
+    for view, item in full.items():
+        assert item.n_distractors == 3
+        limit = len(item.input_ids) - 1  # one token short of the 3-distractor prompt
+        fitted = build_item(example, view, 3, 0, tokenizer, small(method="full", max_prompt_tokens=limit))
+        assert fitted.n_distractors == 2 and len(fitted.input_ids) <= limit
+    one = build_item(example, "irrelevant", 1, 0, tokenizer, config)
+    with pytest.raises(DataError, match="irrelevant prompt is .* over TrainConfig.max_prompt_tokens"):
+        build_item(example, "irrelevant", 3, 0, tokenizer, small(method="full", max_prompt_tokens=len(one.input_ids) - 1))
+
+
 def test_items_for_a_step_are_deterministic_and_vary_the_relevant_position(tokenizer):
     config = small(method="full", n_distractors=(3,), batch_size=1, grad_accum=1)
     data = prepare_data(demo_examples(), tokenizer, config)

@@ -147,7 +147,9 @@ def build_item(
     end_ids: tuple[int, ...] | None = None,
     with_teacher: bool = False,
 ) -> TrainItem:
-    """One training input; a noisy prompt too long for max_prompt_tokens drops distractors until it fits.
+    """One training input; a prompt too long for max_prompt_tokens drops distractors until it fits.
+
+    A noisy prompt may drop all of them (the relevant passage alone), an irrelevant one keeps one.
 
     Raises DataError when the example cannot be shown under the view within the limit.
     """
@@ -162,7 +164,7 @@ def build_item(
         target = prompt.answer_ids + end_ids
         if len(prompt.token_ids) + len(target) <= limit:
             break
-        if view == "noisy" and k > 0:
+        if (view == "noisy" and k > 0) or (view == "irrelevant" and k > 1):
             k -= 1
             continue
         raise DataError(

@@ -632,7 +632,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_study_dir(spec)
     if args.plan:
         print(study_status(spec, out)[["cell_id", "dataset", "noise", "seed", "method", "mining_size", "recipe",
-                                       "state"]].to_string(index=False))
+                                       "state", "error"]].to_string(index=False))
         return 0
     if args.job_id:
         from neurorit.jobs import JobReporter
@@ -651,6 +651,11 @@ def cmd_study(args: argparse.Namespace) -> int:
             print(part[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"{result.n_done} of {result.n_cells} cells done; table {out / 'results.csv'}, report {out / 'report.md'}, "
           f"figure {out / 'accuracy_vs_distractors.html'}")
+    if result.failed:
+        print(f"{len(result.failed)} cell(s) failed; fix the cause and rerun with --resume:", file=sys.stderr)
+        for cell_id, message in result.failed.items():
+            print(f"  {cell_id}: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -43,7 +43,7 @@ import pandas as pd
 from neurorit import store
 from neurorit.configs import from_dict, is_int, stable_hash, to_dict
 from neurorit.data import RagExample
-from neurorit.errors import ArtifactError, ConfigError, DataError
+from neurorit.errors import ArtifactError, ConfigError, DataError, NeuroritError
 from neurorit.prompts import add_distractors
 from neurorit.stats import CONFIDENCE, N_RESAMPLES, mean_interval, paired_comparison
 from neurorit.types import ProgressFn, no_progress
@@ -76,6 +76,7 @@ TIMING_COLUMNS = ("wall_s", "mining_s", "train_s")
 SPEC_FILE = "study.yaml"
 CELL_JSON = "cell.json"
 CELL_RESULTS = "results.jsonl"
+CELL_FAILED = "failed.json"  # why a cell stopped with a clear error (removed when it finishes)
 
 
 # ---- noise: the one place where noise kinds plug in ----------------------------------------------
@@ -480,6 +481,17 @@ def read_cell(study_dir: Path, cell_id: str) -> dict[str, Any] | None:
         return None
 
 
+def cell_failure(study_dir: Path, cell_id: str) -> str | None:
+    """The message a cell stopped with on its last run, or None."""
+    path = cell_dir(study_dir, cell_id) / CELL_FAILED
+    if not path.is_file():
+        return None
+    try:
+        return str(store.read_json(path).get("error", "failed"))
+    except ArtifactError:
+        return "failed (its failed.json is unreadable)"
+
+
 def is_done(study_dir: Path, cell_id: str) -> bool:
     record = read_cell(study_dir, cell_id)
     return bool(record and record.get("state") == "done" and (cell_dir(study_dir, cell_id) / CELL_RESULTS).is_file())
@@ -851,7 +863,8 @@ def _markdown(frame: pd.DataFrame, columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def report_markdown(spec: StudySpec, table: pd.DataFrame, summary: pd.DataFrame, n_cells: int) -> str:
+def report_markdown(spec: StudySpec, table: pd.DataFrame, summary: pd.DataFrame, n_cells: int,
+                    failed: dict[str, str] | None = None) -> str:
     """The study's Markdown report: what ran, the pooled summary, the per-cell table, how to read it."""
     done = table["cell_id"].nunique() if not table.empty else 0
     parts = [
@@ -877,6 +890,10 @@ def report_markdown(spec: StudySpec, table: pd.DataFrame, summary: pd.DataFrame,
                           "vs_random_mask_high", "vs_random_mask_p", "wall_s"]) if not table.empty else "",
         "", "Figure: `accuracy_vs_distractors.html`.", "",
     ]
+    if failed:
+        parts += ["## Failed cells", "", "Each stopped with a clear error; fix its cause and run the study again with "
+                  "`--resume` (finished cells are kept).", ""]
+        parts += [f"- `{cell_id}`: {message}" for cell_id, message in failed.items()] + [""]
     return "\n".join(parts)
 
 
@@ -889,6 +906,7 @@ class StudyResult:
     summary: pd.DataFrame
     n_cells: int
     n_done: int
+    failed: dict[str, str] = field(default_factory=dict)  # cell id -> the error it stopped with
 
 
 def write_outputs(spec: StudySpec, study_dir: Path) -> StudyResult:
@@ -902,11 +920,13 @@ def write_outputs(spec: StudySpec, study_dir: Path) -> StudyResult:
                                     for r in json.loads(table.to_json(orient="records"))))
     store.write_text_atomic(study_dir / "summary.csv", summary.to_csv(index=False))
     n_cells = len(spec.cells())
-    store.write_text_atomic(study_dir / "report.md", report_markdown(spec, table, summary, n_cells))
+    failed = {cid: msg for cid in (spec.cell_id(c) for c in spec.cells())
+              if not is_done(study_dir, cid) and (msg := cell_failure(study_dir, cid))}
+    store.write_text_atomic(study_dir / "report.md", report_markdown(spec, table, summary, n_cells, failed))
     html = accuracy_figure(summary).to_html(include_plotlyjs=True, full_html=True)  # offline: plotly.js inline
     store.write_text_atomic(study_dir / "accuracy_vs_distractors.html", html)
     n_done = table["cell_id"].nunique() if not table.empty else 0
-    return StudyResult(study_dir, table, summary, n_cells, n_done)
+    return StudyResult(study_dir, table, summary, n_cells, n_done, failed)
 
 
 def read_results(study_dir: Path) -> pd.DataFrame:
@@ -921,8 +941,10 @@ def study_status(spec: StudySpec, study_dir: Path) -> pd.DataFrame:
     for cell in spec.cells():
         cell_id = spec.cell_id(cell)
         record = read_cell(study_dir, cell_id) if is_done(study_dir, cell_id) else None
-        rows.append({"cell_id": cell_id, **cell.settings(), "state": "done" if record else "pending",
-                     "wall_s": record.get("wall_s") if record else None})
+        error = None if record else cell_failure(study_dir, cell_id)
+        rows.append({"cell_id": cell_id, **cell.settings(),
+                     "state": "done" if record else "failed" if error else "pending",
+                     "wall_s": record.get("wall_s") if record else None, "error": error})
     return _int_columns(pd.DataFrame(rows))
 
 
@@ -967,7 +989,15 @@ def _run_cells(spec: StudySpec, study_dir: Path, on_progress: ProgressFn) -> Non
         def inner(done: int, total: int, message: str, _i: int = index) -> None:
             on_progress(_i, n, f"cell {_i + 1}/{n}: {message} ({done}/{total})")
 
-        record = run_cell(spec, study_dir, cell, models, inner)
+        try:
+            record = run_cell(spec, study_dir, cell, models, inner)
+        except NeuroritError as exc:  # this cell's data or settings: record it and go on with the grid
+            store.write_json(cell_dir(study_dir, cell_id) / CELL_FAILED,
+                                    {"error": str(exc), "type": type(exc).__name__, "cell": cell.settings()})
+            log.error("cell %s failed: %s", cell_id, exc)
+            on_progress(index + 1, n, f"cell {index + 1}/{n} FAILED: {cell.label()}: {exc}")
+            continue
+        (cell_dir(study_dir, cell_id) / CELL_FAILED).unlink(missing_ok=True)
         log.info("cell %s done in %.1f s", cell_id, record["wall_s"])
         on_progress(index + 1, n, f"cell {index + 1}/{n} done: {cell.label()} ({record['wall_s']:.0f} s)")
 

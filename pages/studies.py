@@ -93,6 +93,8 @@ def progress_panel() -> None:
         cancel_button(job.id, label="Cancel", key=f"studies.cancel.{job.id}")
     elif job is not None and job.state == "failed":
         st.error(f"The study job failed: {job.error}")
+    for _, row in status[status["state"] == "failed"].iterrows():
+        st.error(f"Cell {row['cell_id']} failed: {row['error']}")
     if n_done < len(status) and (job is None or job.state not in ("queued", "running")):
         if st.button("Resume the study", key=f"studies.resume.{folder.name}"):
             try:

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from neurorit import study
 from neurorit.errors import ConfigError, DataError
 from neurorit.neurons import SelectionRule, select_neurons
 from neurorit.study import TIMING_COLUMNS, StudySpec, read_results, run_study, study_status
@@ -100,6 +101,30 @@ def test_interrupted_study_resumes_to_the_same_table(tiny_llama_dir: Path, tmp_p
     resumed = run_study(spec, cut, resume=True)
     pd.testing.assert_frame_equal(_comparable(resumed.table), _comparable(whole.table))
     pd.testing.assert_frame_equal(_comparable(read_results(cut)), _comparable(read_results(tmp_path / "whole")))
+
+
+def test_a_cell_that_fails_is_recorded_and_the_grid_goes_on(tiny_llama_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _tiny_spec(tiny_llama_dir)
+    real = study.run_cell
+
+    def failing_neuro_rit(spec_, study_dir, cell, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if cell.method == "neuro_rit" and cell.seed == 0:
+            raise DataError("example x: the irrelevant prompt is too long")
+        return real(spec_, study_dir, cell, *args, **kwargs)
+
+    monkeypatch.setattr(study, "run_cell", failing_neuro_rit)
+    result = run_study(spec, tmp_path / "s")
+    status = study_status(spec, tmp_path / "s")
+    failed = status[status["state"] == "failed"]
+    assert list(failed["method"]) == ["neuro_rit"] and list(failed["seed"]) == [0]
+    assert (status["state"] == "done").sum() == len(status) - 1  # every other cell ran after the failure
+    assert list(result.failed.values()) == ["example x: the irrelevant prompt is too long"]
+    assert "## Failed cells" in (tmp_path / "s" / "report.md").read_text()
+    monkeypatch.setattr(study, "run_cell", real)  # the cause fixed: --resume runs the failed cell alone
+    resumed = run_study(spec, tmp_path / "s", resume=True)
+    assert resumed.failed == {} and resumed.n_done == resumed.n_cells
+    assert (study_status(spec, tmp_path / "s")["state"] == "done").all()
 
 
 def test_stage_variants_and_random_control_run(tiny_llama_dir: Path, tmp_path: Path) -> None:

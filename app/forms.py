@@ -1,7 +1,8 @@
 """Widgets -> config dataclasses, and the parsers of what users type.
 
-Owns: the sidebar / inline forms that build `MiningConfig`, `SelectionRule`, `PromptConfig` and
-`EvalConfig`, and the Train page's `TrainConfig` (a bad value shows st.error and gives None, never
+Owns: `config_form`, the form of any config dataclass built from its fields' descriptions
+(`neurorit.flags.about`: the attribution, selection and mining options are never retyped here), the
+inline forms that build `PromptConfig` and `EvalConfig`, and the Train page's `TrainConfig` (a bad value shows st.error and gives None, never
 a traceback), widget keys that survive page switches (prefix "w.", kept alive by
 `keep_widget_state`), and the pure parsers of layer lists ("0-3, 7"), counts ("1-4") and
 hand-picked neurons ("3:17, 12:404"). Must not: run models.
@@ -9,16 +10,17 @@ hand-picked neurons ("3:17, 12:404"). Must not: run models.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import streamlit as st
 
-from neurorit.attribution import MiningConfig
 from neurorit.configs import parse_int_ranges
 from neurorit.data import FORMATS
 from neurorit.errors import ConfigError
 from neurorit.evaluation import EvalConfig
-from neurorit.neurons import SelectionRule
+from neurorit.flags import FieldSpec, field_specs
+from neurorit.mining_spec import AttributionConfig, MiningSpec, SelectionRule
 from neurorit.prompts import VIEWS, PromptConfig
 from neurorit.training.config import (
     DEFAULT_EVAL, DISTRACTOR_SOURCES, MASKED_METHODS, METHODS, RETROBUST_BASES, STAGE2_LOSSES, TrainConfig,
@@ -69,56 +71,76 @@ def parse_counts(text: str | None, *, name: str = "counts", allow_empty: bool = 
 # ---- forms -----------------------------------------------------------------------------------
 
 
-def mining_form(n_layers: int, *, prefix: str, container: Any = None, n_steps: int = 20) -> MiningConfig | None:
-    """IG settings: steps, layers, baseline, positions, target, quadrature."""
+def field_widget(c: Any, spec: FieldSpec, key: str, default: Any, *, disabled: bool = False,
+                 n_layers: int | None = None) -> Any:
+    """One config field's widget, built from its description (neurorit.flags.about); returns the raw value."""
+    common = {"key": init(key, default), "help": spec.help or None, "disabled": disabled}
+    meta = spec.meta
+    if spec.kind == "choice":
+        options = ([None] if spec.optional else []) + list(spec.choices)
+        labels = meta.get("labels") or {}
+        fmt = lambda v: labels.get(v, "default" if v is None else str(v))  # noqa: E731
+        if meta.get("widget") == "radio":
+            return c.radio(spec.label, options, horizontal=True, format_func=fmt, **common)
+        return c.selectbox(spec.label, options, format_func=fmt, **common)
+    if spec.kind == "bool":
+        return c.checkbox(spec.label, **common)
+    if spec.kind in ("int", "float"):
+        cast = int if spec.kind == "int" else float
+        bounds = {name: cast(meta[m]) for name, m in (("min_value", "lo"), ("max_value", "hi"), ("step", "step"))
+                  if meta.get(m) is not None}
+        if meta.get("widget") == "slider":
+            return c.slider(spec.label, bounds.get("min_value"), bounds.get("max_value"), step=bounds.get("step"),
+                            **common)
+        return c.number_input(spec.label, **bounds, **common)
+    placeholder = f"all (0-{n_layers - 1})" if spec.kind == "ints" and n_layers else None
+    return c.text_input(spec.label, placeholder=placeholder, **common)
+
+
+def config_form(cls: type, *, prefix: str, container: Any = None, current: Any = None, skip: tuple[str, ...] = (),
+                n_layers: int | None = None) -> Any:
+    """A form for a config dataclass from its fields' descriptions (`about(form=True)`), in field order.
+
+    A field that applies only under other fields' values (`when`) is shown disabled otherwise. A list
+    of layers is typed as '0-3, 7' (empty = every layer). Returns the config, or None after showing
+    why its values are refused (st.error, never a traceback).
+    """
     c = container or st.sidebar
     k = f"{WIDGET_PREFIX}{prefix}."
-    steps = c.number_input("IG steps (m)", min_value=1, max_value=256, step=1, key=init(k + "n_steps", n_steps),
-                           help="Quadrature points of the path integral; METHOD.md uses 20. Fewer is faster, less exact.")
-    layers_text = c.text_input("Layers", key=init(k + "layers", ""), placeholder=f"all (0-{n_layers - 1})",
-                               help="Empty = every layer; or a list like '0-3, 7' to attribute fewer layers (faster).")
-    baseline = c.selectbox("Baseline", ["no_context", "zero"], key=init(k + "baseline", MiningConfig().baseline),
-                           help="no_context: the question's closed-book activation (IRCAN; the default, completeness "
-                                "< 1 % at m = 20 on every layer of the bundled model); zero: Knowledge Neurons "
-                                "(layer 0 then needs more steps). 'all' positions need 'zero'.")
-    positions = c.selectbox("Positions", ["last", "all"], key=init(k + "positions", "last"),
-                            help="Attribute the last prompt token (default) or every prompt position.")
-    target = c.selectbox("Target f", ["answer", "first_token", "own_answer"], key=init(k + "target", "answer"),
-                         help="Gold answer log-prob (all tokens), its first token only, or the model's own greedy answer.")
-    quadrature = c.selectbox("Quadrature", ["midpoint", "gauss_legendre"], key=init(k + "quadrature", "midpoint"))
+    current = current if current is not None else cls()
+    values: dict[str, Any] = {}
     try:
-        return MiningConfig(layers=parse_layers(layers_text, n_layers), baseline=baseline, positions=positions,
-                            target=target, n_steps=int(steps), quadrature=quadrature)
+        for spec in field_specs(cls):
+            if not spec.meta.get("form", True) or spec.name in skip:
+                continue
+            default = getattr(current, spec.name)
+            if spec.kind == "ints":
+                default = ", ".join(map(str, default)) if default else ""
+            raw = field_widget(c, spec, k + spec.name, default, disabled=not spec.applies(values), n_layers=n_layers)
+            if spec.kind == "ints":
+                raw = parse_layers(raw, n_layers) if n_layers else (parse_int_ranges(raw, name=spec.name) or None)
+            values[spec.name] = raw
+        return dataclasses.replace(current, **values)
     except ConfigError as exc:
         c.error(str(exc))
         return None
+
+
+def mining_form(n_layers: int, *, prefix: str, container: Any = None) -> AttributionConfig | None:
+    """IG settings: layers, baseline, positions, target, steps, quadrature (AttributionConfig's form fields)."""
+    return config_form(AttributionConfig, prefix=prefix, container=container, n_layers=n_layers)
 
 
 def selection_form(*, prefix: str, container: Any = None, with_support: bool = False) -> SelectionRule | None:
-    """Per-example selection (relative threshold or top-k), plus support across examples when mining."""
-    c = container or st.sidebar
-    k = f"{WIDGET_PREFIX}{prefix}."
-    mode = c.radio("Selection", ["relative", "top_k"], key=init(k + "mode", "relative"), horizontal=True,
-                   help="relative: score >= threshold x the example's top score; top_k: the k highest.")
-    threshold = c.slider("Relative threshold", 0.01, 1.0, step=0.01, key=init(k + "threshold", 0.2),
-                         disabled=mode != "relative")
-    top_k = c.number_input("Top k", min_value=1, max_value=100_000, step=10, key=init(k + "top_k", 100),
-                           disabled=mode != "top_k")
-    support = 0.5
-    if with_support:
-        support = c.slider("Support (fraction of examples)", 0.05, 1.0, step=0.05, key=init(k + "support", 0.5),
-                           help="Keep neurons selected in at least this fraction of the examples.")
-    scope = c.radio("Scope", ["example", "layer"], key=init(k + "scope", "example"), horizontal=True,
-                    format_func={"example": "whole example", "layer": "each layer"}.get,
-                    help="One threshold (or top-k) over all layers, or one per layer: per layer keeps the other "
-                         "layers visible when a few layers (e.g. layer 0 against a zero baseline) dwarf the rest.")
-    use_abs = c.checkbox("Rank by |score|", key=init(k + "use_abs", False))
-    try:
-        return SelectionRule(mode=mode, threshold=float(threshold), top_k=int(top_k), support=float(support),
-                             use_abs=bool(use_abs), scope=scope)
-    except ConfigError as exc:
-        c.error(str(exc))
-        return None
+    """Per-example selection (relative threshold, top-k or the counting recipe), plus support across examples
+    when mining (with_support)."""
+    return config_form(SelectionRule, prefix=prefix, container=container, skip=() if with_support else ("support",))
+
+
+def mining_options_form(*, prefix: str, container: Any = None) -> dict[str, Any] | None:
+    """The mining run's own switches (irrelevant target, preview) as MiningSpec field values."""
+    spec = config_form(MiningSpec, prefix=prefix, container=container, skip=("prompt", "mining", "selection"))
+    return None if spec is None else {"irrelevant_target": spec.irrelevant_target, "preview": spec.preview}
 
 
 def prompt_form(current: PromptConfig, *, prefix: str = "prompt", container: Any = None) -> PromptConfig | None:

@@ -26,7 +26,7 @@ from ig_gpu import timed  # noqa: E402
 from random_llama import SHAPES, build_random_bridge, load_tokenizer  # noqa: E402
 
 from neurorit import decoding, evaluation  # noqa: E402
-from neurorit.attribution import MiningConfig  # noqa: E402
+from neurorit.attribution import AttributionConfig  # noqa: E402
 from neurorit.data import demo_examples  # noqa: E402
 from neurorit.masks import NeuronMask, bake  # noqa: E402
 from neurorit.mining import mine  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> int:
     examples = demo_examples()[: args.examples]
     prompts = PromptConfig(n_distractors=2)
     mined = step(f"mine {len(examples)} examples x 2 views (IG, all layers, m = 20, 64 rows a pass)",
-                 lambda: mine(model, examples, MiningConfig(), SelectionRule(mode="top_k", top_k=200, support=0.5),
+                 lambda: mine(model, examples, AttributionConfig(), SelectionRule(mode="top_k", top_k=200, support=0.5),
                               prompts, use_cache=False), device)
     print(f"  {mined.summary()}")
     sets = mined.named_sets()

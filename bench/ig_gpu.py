@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ig_speed import spearman  # noqa: E402
 from random_llama import SHAPES, build_random_bridge, load_tokenizer, n_parameters  # noqa: E402
 
-from neurorit.attribution import MiningConfig, attribute_neurons, baseline_activations  # noqa: E402
+from neurorit.attribution import AttributionConfig, attribute_neurons, baseline_activations  # noqa: E402
 from neurorit.data import demo_examples  # noqa: E402
 from neurorit.models import pick_device  # noqa: E402
 from neurorit.prompts import PromptConfig, add_distractors, build_prompt  # noqa: E402
@@ -76,14 +76,14 @@ def run_shape(shape: str, device: torch.device, tokenizer: Any, args: argparse.N
             continue
         model = build_random_bridge(shape, device, tokenizer, dtype=dtype)
         n_layers = int(model.cfg.n_layers)
-        config = MiningConfig(n_steps=args.n_steps)
+        config = AttributionConfig(n_steps=args.n_steps)
 
-        def ours(cfg: MiningConfig = config) -> Any:
+        def ours(cfg: AttributionConfig = config) -> Any:
             return attribute_neurons(model, prompt.token_ids, prompt.answer_ids, cfg, baseline_ids=closed.token_ids)
 
-        ours(MiningConfig(n_steps=2, layers=(n_layers - 1,)))  # warm-up
+        ours(AttributionConfig(n_steps=2, layers=(n_layers - 1,)))  # warm-up
         t_default, scores = timed(ours, device, args.repeats)
-        big = MiningConfig(n_steps=args.n_steps, max_rows_per_pass=args.big_rows)
+        big = AttributionConfig(n_steps=args.n_steps, max_rows_per_pass=args.big_rows)
         t_big, scores_big = timed(lambda: ours(big), device, args.repeats)
         name = "float32" if dtype == torch.float32 else "bfloat16"
         gap = float(torch.nan_to_num(scores.relative_gap, nan=0).max())

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe  # noqa: E402
-from neurorit.attribution import MiningConfig, baseline_activations, attribute_neurons, preview_neurons  # noqa: E402
+from neurorit.attribution import AttributionConfig, baseline_activations, attribute_neurons, preview_neurons  # noqa: E402
 from neurorit.configs import parse_int_ranges  # noqa: E402
 from neurorit.data import demo_examples, load_examples  # noqa: E402
 from neurorit.models import load_model  # noqa: E402
@@ -70,13 +70,13 @@ def main() -> int:
     model = load_model(None, device="cpu", dtype="float32")
     prompt, closed, source = pick_prompt(model)
     n_layers = int(model.cfg.n_layers)
-    config = MiningConfig(n_steps=args.n_steps, baseline=args.baseline)
+    config = AttributionConfig(n_steps=args.n_steps, baseline=args.baseline)
     baseline_ids = closed.token_ids if args.baseline == "no_context" else None
     print(f"machine: {describe()}")
     print(f"prompt: {prompt.example_id} from {source}: {prompt.n_tokens} prompt tokens, "
           f"{len(prompt.answer_ids)} answer tokens; {n_layers} layers x {model.cfg.d_mlp} neurons, m = {args.n_steps}")
 
-    attribute_neurons(model, prompt.token_ids, prompt.answer_ids, MiningConfig(n_steps=2, baseline="zero", layers=(n_layers - 1,)))  # warm-up
+    attribute_neurons(model, prompt.token_ids, prompt.answer_ids, AttributionConfig(n_steps=2, baseline="zero", layers=(n_layers - 1,)))  # warm-up
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -117,7 +117,7 @@ def main() -> int:
 
     if args.all_positions_layer is not None:
         layer = args.all_positions_layer
-        allpos = MiningConfig(n_steps=args.n_steps, positions="all", baseline="zero", layers=(layer,),
+        allpos = AttributionConfig(n_steps=args.n_steps, positions="all", baseline="zero", layers=(layer,),
                               max_rows_per_pass=args.n_steps)
         start = time.perf_counter()
         mine = attribute_neurons(model, prompt.token_ids, prompt.answer_ids, allpos)

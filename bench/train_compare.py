@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe  # noqa: E402
-from neurorit.attribution import MiningConfig  # noqa: E402
+from neurorit.attribution import AttributionConfig  # noqa: E402
 from neurorit.data import load_examples  # noqa: E402
 from neurorit.evaluation import EvalConfig  # noqa: E402
 from neurorit.mining import mine, mined_dir  # noqa: E402
@@ -77,7 +77,7 @@ def mine_sets(args: argparse.Namespace, examples: list, base: TrainConfig) -> tu
     train = split_examples(examples, base)["train"][: args.mine_limit]
     train = add_distractors(train, args.mine_distractors, seed=0)
     model = load_model(args.model, device="cpu", dtype="float32")
-    config, rule = MiningConfig(n_steps=args.mine_steps), SelectionRule(mode="top_k", top_k=args.top_k, support=0.5)
+    config, rule = AttributionConfig(n_steps=args.mine_steps), SelectionRule(mode="top_k", top_k=args.top_k, support=0.5)
     started = time.perf_counter()
     mined = mine(model, train, config, rule, PromptConfig(n_distractors=args.mine_distractors))
     seconds = time.perf_counter() - started

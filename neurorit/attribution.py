@@ -1,7 +1,7 @@
 """Integrated Gradients on MLP neurons, exact and fast, plus a one-gradient preview.
 
-Owns: `MiningConfig`, `NeuronScores` and `attribute_neurons` / `preview_neurons`: the attribution
-of a target f (gold-answer log-prob, first answer token, or the model's own answer) to every neuron
+Owns: `NeuronScores` and `attribute_neurons` / `preview_neurons`: the attribution
+of a target f (under an `AttributionConfig`, mining_spec.py: gold-answer log-prob, first answer token, or the model's own answer) to every neuron
 `blocks.{L}.mlp.hook_post` of the chosen layers, with its per-layer completeness gap.
 Must not: select neurons (neurons.py), iterate over datasets (mining.py), or spell hook names
 (sites.py).
@@ -27,94 +27,21 @@ import logging
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from neurorit import store
-from neurorit.configs import coerce_fields, from_dict, stable_hash, to_dict
+from neurorit.configs import to_dict
 from neurorit.errors import ArtifactError, ConfigError
 from neurorit.models import frozen, neuron_site, prefill
+from neurorit.mining_spec import AttributionConfig, Quadrature
 from neurorit.sites import RESID_IN_HOOK
 from neurorit.types import LayerVector, NeuronGrid, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
-
-Baseline = Literal["zero", "no_context"]
-Positions = Literal["last", "all"]
-Target = Literal["answer", "first_token", "own_answer"]
-Quadrature = Literal["midpoint", "gauss_legendre"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class MiningConfig:
-    """How one prompt's neurons are attributed (METHOD.md defaults)."""
-
-    layers: tuple[int, ...] | None = None  # None = every layer
-    # IRCAN's closed-book activation: attributes what the passages change, and keeps the
-    # completeness gap under 1 % on every layer of the bundled model with m = 20; "zero" (Knowledge
-    # Neurons) makes layer 0's path too sharp for 20 midpoint steps (see README, bench numbers).
-    baseline: Baseline = "no_context"
-    positions: Positions = "last"  # last prompt token (Knowledge Neurons, IRCAN); "all" prompt positions
-    target: Target = "answer"  # gold answer log-prob, all tokens, teacher-forced
-    n_steps: int = 20  # METHOD.md: m = 20
-    quadrature: Quadrature = "midpoint"
-    max_rows_per_pass: int = 64  # copies folded into one pass (bounds memory)
-    own_answer_max_tokens: int = 8  # target "own_answer": greedy tokens generated as the target
-    refine_gap: float | None = None  # re-integrate layers whose relative gap exceeds this with 2x steps
-    max_steps: int = 320  # ceiling for refinement
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)  # "64" -> 64; a bool, "abc" or a scalar for `layers` is refused
-        if self.baseline not in ("zero", "no_context"):
-            raise ConfigError.field("MiningConfig", "baseline", self.baseline, "'zero' or 'no_context'")
-        if self.positions not in ("last", "all"):
-            raise ConfigError.field("MiningConfig", "positions", self.positions, "'last' or 'all'")
-        if self.target not in ("answer", "first_token", "own_answer"):
-            raise ConfigError.field(
-                "MiningConfig", "target", self.target, "'answer', 'first_token' or 'own_answer'"
-            )
-        if self.quadrature not in ("midpoint", "gauss_legendre"):
-            raise ConfigError.field(
-                "MiningConfig", "quadrature", self.quadrature, "'midpoint' or 'gauss_legendre'"
-            )
-        if not isinstance(self.n_steps, int) or self.n_steps < 1:
-            raise ConfigError.field("MiningConfig", "n_steps", self.n_steps, "an integer >= 1")
-        if self.max_rows_per_pass < 1:
-            raise ConfigError.field("MiningConfig", "max_rows_per_pass", self.max_rows_per_pass, "an integer >= 1")
-        if self.own_answer_max_tokens < 1:
-            raise ConfigError.field(
-                "MiningConfig", "own_answer_max_tokens", self.own_answer_max_tokens, "an integer >= 1"
-            )
-        if self.refine_gap is not None and not self.refine_gap > 0:
-            raise ConfigError.field("MiningConfig", "refine_gap", self.refine_gap, "None or a positive fraction")
-        if self.max_steps < self.n_steps:
-            raise ConfigError.field("MiningConfig", "max_steps", self.max_steps, f"an integer >= n_steps ({self.n_steps})")
-        if self.layers is not None:
-            if not self.layers or any((not isinstance(l, int)) or l < 0 for l in self.layers):
-                raise ConfigError.field("MiningConfig", "layers", self.layers, "None or non-empty layer indices >= 0")
-            object.__setattr__(self, "layers", tuple(sorted(set(self.layers))))
-        if self.baseline == "no_context" and self.positions == "all":
-            raise ConfigError(
-                "MiningConfig: baseline 'no_context' pairs one closed-book activation with the last "
-                "prompt token; positions='all' needs baseline='zero'."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MiningConfig":
-        return from_dict(cls, data)
-
-    def key(self) -> str:
-        """Hash of the fields that change the scores (not the batching knob)."""
-        d = self.to_dict()
-        d.pop("max_rows_per_pass")
-        return stable_hash(d)
-
 
 def quadrature_rule(n_steps: int, rule: Quadrature) -> tuple[Tensor, Tensor]:
     """Nodes alpha in (0, 1) and weights summing to 1 for the path integral."""
@@ -245,7 +172,7 @@ def _capture(model: Any, hook_names: dict[int, str], store_to: dict[int, Tensor]
     return [(name, make(layer)) for layer, name in hook_names.items()]
 
 
-def _target_tokens(model: Any, prompt_ids: Tensor, answer_ids: Sequence[int], config: MiningConfig) -> Tensor:
+def _target_tokens(model: Any, prompt_ids: Tensor, answer_ids: Sequence[int], config: AttributionConfig) -> Tensor:
     if config.target == "own_answer":
         from neurorit.decoding import generate_tokens
 
@@ -262,12 +189,12 @@ def _target_tokens(model: Any, prompt_ids: Tensor, answer_ids: Sequence[int], co
     return ids[:1] if config.target == "first_token" else ids
 
 
-def _resolve_layers(model: Any, config: MiningConfig) -> tuple[int, ...]:
+def _resolve_layers(model: Any, config: AttributionConfig) -> tuple[int, ...]:
     n_layers = int(model.cfg.n_layers)
     layers = config.layers if config.layers is not None else tuple(range(n_layers))
     bad = [l for l in layers if l >= n_layers]
     if bad:
-        raise ConfigError(f"MiningConfig.layers {bad} do not exist: the model has {n_layers} layers (0..{n_layers - 1}).")
+        raise ConfigError(f"AttributionConfig.layers {bad} do not exist: the model has {n_layers} layers (0..{n_layers - 1}).")
     return tuple(layers)
 
 
@@ -279,7 +206,7 @@ def attribute_neurons(
     model: Any,
     prompt_ids: Sequence[int],
     answer_ids: Sequence[int],
-    config: MiningConfig,
+    config: AttributionConfig,
     *,
     baseline_ids: Sequence[int] | None = None,
     example_id: str = "",
@@ -344,7 +271,7 @@ def _gaps(grid: Tensor, f_x: float, f_base: dict[int, float], layers: Sequence[i
 
 
 def baseline_activations(
-    model: Any, layers: Sequence[int], d_mlp: int, config: MiningConfig, baseline_ids: Sequence[int] | None
+    model: Any, layers: Sequence[int], d_mlp: int, config: AttributionConfig, baseline_ids: Sequence[int] | None
 ) -> dict[int, Tensor]:
     """The baseline a' per layer: zeros, or the last-token activation of the closed-book prompt."""
     if config.baseline == "zero":
@@ -363,7 +290,7 @@ def _ig_last_position(
     prompt: Tensor,
     targets: Tensor,
     layers: tuple[int, ...],
-    config: MiningConfig,
+    config: AttributionConfig,
     baseline_ids: Sequence[int] | None,
     on_progress: ProgressFn,
 ) -> tuple[Tensor, float, dict[int, float]]:
@@ -454,7 +381,7 @@ def _ig_all_positions(
     prompt: Tensor,
     targets: Tensor,
     layers: tuple[int, ...],
-    config: MiningConfig,
+    config: AttributionConfig,
     on_progress: ProgressFn,
 ) -> tuple[Tensor, float, dict[int, float]]:
     """Every prompt position of layer L scaled together (zero baseline), steps batched."""
@@ -512,7 +439,7 @@ def preview_neurons(
     model: Any,
     prompt_ids: Sequence[int],
     answer_ids: Sequence[int],
-    config: MiningConfig,
+    config: AttributionConfig,
     *,
     baseline_ids: Sequence[int] | None = None,
     example_id: str = "",

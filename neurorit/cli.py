@@ -83,28 +83,12 @@ def _progress_adapter(job_id: str | None, quiet: bool) -> tuple[Callable[[int, i
 
 CONFIG_KEYS = ("model", "data", "format", "limit", "offset", "add_distractors", "mining", "selection", "prompt",
                "eval")
-COUNTS = {"limit": (1, "the first N examples"), "offset": (0, "the examples skipped first"),
-          "add_distractors": (0, "irrelevant passages added to each example")}
-"""Top-level counts of the config file (and their flags): the least value allowed, what they count."""
 
 
 def _count(value: Any, key: str, shown: str) -> int:
-    """A count (COUNTS) from a flag or the config file as an int, or ConfigError naming `shown` and the value.
+    from neurorit.mining_spec import check_count
 
-    "3" is read as 3; a bool, "abc" or a value below the least (a negative --limit would silently
-    count from the end) is refused.
-    """
-    from neurorit.configs import coerce_value
-
-    least, meaning = COUNTS[key]
-    try:
-        number = coerce_value("config", key, value, int)
-    except ConfigError:
-        number = None
-    if number is None or number < least:
-        why = "; a negative count is never taken from the end" if number is not None and number < 0 else ""
-        raise ConfigError(f"{shown} is not allowed; expected an integer >= {least} ({meaning}){why}.")
-    return number
+    return check_count(value, key, shown)
 
 
 def _load_config_file(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,6 +103,8 @@ def _load_config_file(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ConfigError(f"config file {args.config}: {key} = {value!r} is not allowed; expected a non-empty "
                               "string.")
+    from neurorit.mining_spec import COUNTS
+
     for key in COUNTS:
         if file_cfg.get(key) is not None:
             file_cfg[key] = _count(file_cfg[key], key, f"config file {args.config}: {key} = {file_cfg[key]!r}")
@@ -127,6 +113,8 @@ def _load_config_file(args: argparse.Namespace) -> dict[str, Any]:
 
 def _selection(args: argparse.Namespace, file_cfg: dict[str, Any]) -> dict[str, int | None]:
     """offset, limit and add_distractors from the flags, else the config file; each checked (COUNTS)."""
+    from neurorit.mining_spec import COUNTS
+
     out: dict[str, int | None] = {}
     for key in COUNTS:
         flag = getattr(args, key, None)
@@ -157,26 +145,14 @@ def _model(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
 
 
 def _examples(args: argparse.Namespace, file_cfg: dict[str, Any]) -> list[Any]:
-    from neurorit.data import demo_examples, load_examples, require_unique_ids
+    from neurorit.data import choose_examples
     from neurorit.prompts import add_distractors
 
     chosen = _selection(args, file_cfg)
-    data = args.data or file_cfg.get("data") or "demo"
-    if data == "demo":
-        examples = demo_examples()
-    else:  # an empty file is refused here, naming it
-        examples = load_examples(data, args.format or file_cfg.get("format"), limit=None, format_flag="--format")
-    n_all, offset, limit = len(examples), chosen["offset"] or 0, chosen["limit"]
-    examples = examples[offset:]
-    if limit is not None:
-        examples = examples[:limit]
-    if not examples:  # only an offset past the end leaves none
-        raise UsageError(f"no examples selected from {data!r}: offset {offset} skips all {n_all} of its examples; "
-                         f"expected an offset below {n_all}.")
-    require_unique_ids(examples, str(data))  # as training does: results are keyed by example id
-    n_add = chosen["add_distractors"]
-    if n_add:
-        examples = add_distractors(examples, n_add, seed=args.seed, hard=args.hard)
+    examples = choose_examples(args.data or file_cfg.get("data") or "demo", args.format or file_cfg.get("format"),
+                               offset=chosen["offset"], limit=chosen["limit"])
+    if chosen["add_distractors"]:
+        examples = add_distractors(examples, chosen["add_distractors"], seed=args.seed, hard=args.hard)
     return examples
 
 
@@ -186,27 +162,25 @@ def _prompt_config(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
     return _build(PromptConfig, file_cfg, "prompt", {"n_distractors": args.n_distractors, "seed": args.seed})
 
 
-def _mining_config(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
-    from neurorit.attribution import MiningConfig
+def _mining_spec(args: argparse.Namespace) -> Any:
+    """The MiningSpec of `neurorit mine`: the --config file, with the flags given on top."""
+    from neurorit.flags import given_flags
+    from neurorit.mining_spec import AttributionConfig, MiningSpec, SelectionRule
 
-    baseline = args.baseline
-    section = _section(file_cfg, "mining")
-    if baseline is None and "baseline" not in section and (args.positions or section.get("positions")) == "all":
-        baseline = "zero"  # the only baseline defined for every position
-    return _build(MiningConfig, file_cfg, "mining", {
-        "layers": _int_list(args.layers, "--layers"), "baseline": baseline, "positions": args.positions,
-        "target": args.target, "n_steps": args.n_steps, "quadrature": args.quadrature,
-        "max_rows_per_pass": args.max_rows_per_pass,
-    })
+    from neurorit.configs import load_yaml
 
-
-def _selection_rule(args: argparse.Namespace, file_cfg: dict[str, Any]) -> Any:
-    from neurorit.neurons import SelectionRule
-
-    return _build(SelectionRule, file_cfg, "selection", {
-        "mode": args.mode, "threshold": args.threshold, "top_k": args.top_k, "support": args.support,
-        "scope": args.scope, "use_abs": True if args.use_abs else None,
-    })
+    file_cfg = load_yaml(args.config) if args.config else {}  # the spec checks its keys and values, naming the file
+    file_cfg.pop("eval", None)  # a config file shared with `evaluate`
+    overrides = {
+        "model": args.model, "device": args.device, "dtype": args.dtype, "data": args.data, "format": args.format,
+        **_selection(args, file_cfg), "hard": True if args.hard else None, "seed": args.seed,
+        "prompt": {"n_distractors": args.n_distractors, "seed": args.seed},
+        "mining": given_flags(args, AttributionConfig, prefix="mining"),
+        "selection": given_flags(args, SelectionRule, prefix="selection"),
+        **given_flags(args, MiningSpec, prefix="spec"),
+    }
+    return MiningSpec.from_sources(file_cfg, overrides,
+                                  where=f"config file {args.config}" if args.config else "neurorit mine")
 
 
 def _eval_config(args: argparse.Namespace, file_cfg: dict[str, Any], prompt_config: Any) -> Any:
@@ -253,24 +227,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from neurorit.mining import mine, mined_dir
-
-    file_cfg = _load_config_file(args)
-    mining, rule, prompts = _mining_config(args, file_cfg), _selection_rule(args, file_cfg), _prompt_config(args, file_cfg)
-    examples = _examples(args, file_cfg)
-    model = _model(args, file_cfg)
+    spec = _mining_spec(args)
+    examples = spec.examples()
     on_progress, close = _progress_adapter(args.job_id, args.quiet)
     try:
-        mined = mine(model, examples, mining, rule, prompts, irrelevant_target=args.irrelevant_target,
-                     preview=args.preview, use_cache=not args.no_cache, on_progress=on_progress)
+        mined, folder = spec.run(examples=examples, on_progress=on_progress)
     finally:
         close()
-    folder = mined_dir(mined)
-    if not folder.is_dir():  # --no-cache: still keep the result
-        from neurorit.store import atomic_dir
-
-        with atomic_dir(folder) as tmp:
-            mined.save(tmp)
     if args.job_id:
         from neurorit.jobs import JobReporter
 
@@ -885,20 +848,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.rest or args.rest[0] not in ("mine", "evaluate", "ablate", "index", "train", "resume"):
         raise UsageError("`neurorit submit` runs `mine`, `evaluate`, `ablate`, `index`, `train` or `resume` as a background "
                          "job, e.g. `neurorit submit mine --data demo`.")
-    if args.rest[0] in ("train", "resume"):  # refuse a bad training config now, not in a failed job
-        inner = build_parser().parse_args(list(args.rest))
-        if args.rest[0] == "train":
+    inner = build_parser().parse_args(list(args.rest))
+    if args.rest[0] == "mine":  # the spec, checked now, written to a file the job reads
+        job = _mining_spec(inner).submit()
+    else:
+        if args.rest[0] == "train":  # refuse bad settings now, not in a failed job
             _train_config(inner)
-        elif not (Path(inner.run_dir) / "config.json").is_file():
-            raise UsageError(f"{inner.run_dir} holds no training run to resume (config.json is missing).")
-    else:  # refuse a bad config file or a negative --limit / --offset now, not in a failed job
-        inner = build_parser().parse_args(list(args.rest))
-        _selection(inner, _load_config_file(inner))
-        if args.rest[0] == "index":
-            from neurorit.activations import DEFAULT_VIEWS, check_index_settings
+        elif args.rest[0] == "resume":
+            if not (Path(inner.run_dir) / "config.json").is_file():
+                raise UsageError(f"{inner.run_dir} holds no training run to resume (config.json is missing).")
+        else:  # a bad config file or a negative --limit / --offset
+            _selection(inner, _load_config_file(inner))
+            if args.rest[0] == "index":
+                from neurorit.activations import DEFAULT_VIEWS, check_index_settings
 
-            check_index_settings(_str_list(inner.views) or DEFAULT_VIEWS, inner.top_k, inner.window, inner.n_bins)
-    job = jobs.submit(args.rest[0], list(args.rest))
+                check_index_settings(_str_list(inner.views) or DEFAULT_VIEWS, inner.top_k, inner.window, inner.n_bins)
+        job = jobs.submit(args.rest[0], list(args.rest))
     print(f"submitted {job.id} ({job.state}); follow it with `neurorit jobs show {job.id}`")
     return 0
 
@@ -943,26 +908,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mine", help="IG-mine the relevant / irrelevant neuron sets of a dataset")
     _add_common(p), _add_model_args(p), _add_data_args(p)
-    g = p.add_argument_group("attribution")
-    g.add_argument("--layers", help="layers to attribute, e.g. '0-29' or '3,7' (default: all)")
-    g.add_argument("--baseline", choices=["zero", "no_context"])
-    g.add_argument("--positions", choices=["last", "all"])
-    g.add_argument("--target", choices=["answer", "first_token", "own_answer"])
-    g.add_argument("--irrelevant-target", choices=["answer", "first_token", "own_answer"],
-                   help="target on irrelevant inputs (default: same as --target)")
-    g.add_argument("--n-steps", type=int, help="IG quadrature points m (default 20)")
-    g.add_argument("--quadrature", choices=["midpoint", "gauss_legendre"])
-    g.add_argument("--max-rows-per-pass", type=int, help="copies folded per pass (memory bound)")
-    g.add_argument("--preview", action="store_true", help="one-gradient (AtP) estimate instead of IG")
-    g.add_argument("--no-cache", action="store_true", help="recompute scores even when cached")
-    g = p.add_argument_group("selection")
-    g.add_argument("--mode", choices=["relative", "top_k", "count"],
-                   help="count: each example's top per_example neurons, the keep most frequent kept (both under selection: in --config)")
-    g.add_argument("--threshold", type=float, help="relative threshold (default 0.2)")
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--support", type=float, help="fraction of examples that must select a neuron (default 0.5)")
-    g.add_argument("--scope", choices=["example", "layer"], help="threshold / top-k over the whole example (default) or per layer")
-    g.add_argument("--use-abs", action="store_true", help="rank neurons by |score| instead of signed score")
+    from neurorit.flags import add_flags
+    from neurorit.mining_spec import AttributionConfig, MiningSpec, SelectionRule
+
+    add_flags(p.add_argument_group("attribution"), AttributionConfig, prefix="mining")
+    add_flags(p.add_argument_group("selection"), SelectionRule, prefix="selection")
+    add_flags(p.add_argument_group("mining"), MiningSpec, prefix="spec")
     p.add_argument("--out-json", help="also write the result's path and counts to this JSON file")
     p.set_defaults(func=cmd_mine)
 

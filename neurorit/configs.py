@@ -28,10 +28,16 @@ C = TypeVar("C")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-safe dict of a config dataclass (tuples become lists, nested configs dicts)."""
+    """A JSON-safe dict of a config dataclass (tuples become lists, nested configs dicts).
+
+    A field whose metadata says `omit_default` (flags.about) is left out while it holds its default:
+    an option added later then changes no cache key of the results made before it.
+    """
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if f.metadata.get("omit_default") and value == f.default:
+            continue
         if dataclasses.is_dataclass(value):
             value = to_dict(value)
         elif isinstance(value, tuple):

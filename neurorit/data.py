@@ -500,6 +500,29 @@ def demo_examples() -> list[RagExample]:
     return load_examples(DEMO_PATH, "neurorit")
 
 
+def choose_examples(
+    data: str | Path, format: str | None = None, *, offset: int | None = None, limit: int | None = None,
+    format_flag: str = "--format",
+) -> list[RagExample]:
+    """'demo' or a dataset file, from `offset` on, at most `limit` of them, with unique ids.
+
+    An offset past the end is refused with the file's size (as is an empty file, by load_examples).
+    """
+    if str(data) == "demo":
+        examples = demo_examples()
+    else:
+        examples = load_examples(data, format, limit=None, format_flag=format_flag)
+    n_all, offset = len(examples), offset or 0
+    examples = examples[offset:]
+    if limit is not None:
+        examples = examples[:limit]
+    if not examples:  # only an offset past the end leaves none
+        raise DataError(f"no examples selected from {str(data)!r}: offset {offset} skips all {n_all} of its examples; "
+                        f"expected an offset below {n_all}.")
+    require_unique_ids(examples, str(data))  # mining, evaluation and training key results by example id
+    return examples
+
+
 def examples_fingerprint(examples: Iterable[RagExample]) -> str:
     """A short stable hash of the examples' content (ids, questions, answers, passages, flags)."""
     return stable_hash([e.to_dict() for e in examples])

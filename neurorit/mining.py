@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from neurorit import store
-from neurorit.attribution import MiningConfig, NeuronScores, attribute_neurons, preview_neurons
+from neurorit.attribution import AttributionConfig, NeuronScores, attribute_neurons, preview_neurons
 from neurorit.configs import stable_hash
 from neurorit.store import check_format_version
 from neurorit.data import RagExample, examples_fingerprint
@@ -41,7 +41,7 @@ def prompt_for(model: Any, example: RagExample, view: str, prompt_config: Prompt
 def score_prompt(
     model: Any,
     prompt: Prompt,
-    config: MiningConfig,
+    config: AttributionConfig,
     *,
     baseline: Prompt | None = None,
     preview: bool = False,
@@ -74,7 +74,7 @@ def score_example(
     model: Any,
     example: RagExample,
     view: str,
-    config: MiningConfig,
+    config: AttributionConfig,
     prompt_config: PromptConfig,
     *,
     preview: bool = False,
@@ -196,7 +196,7 @@ def reselect(
 def mine(
     model: Any,
     examples: Sequence[RagExample],
-    config: MiningConfig,
+    config: AttributionConfig,
     rule: SelectionRule,
     prompt_config: PromptConfig,
     *,

@@ -4,7 +4,7 @@ Owns: how a neuron is written (`parse_neuron`, `parse_neurons`: 'layer:index', t
 the CLI, the app and the notes; `check_neuron` against a model's grid), `NeuronSet` (a boolean
 layer x neuron grid with | & - algebra and per-layer counts), the five named sets of a relevant /
 irrelevant pair (`SET_NAMES`, `five_sets`) and
-`SelectionRule` with the selection steps (per example: a threshold relative to the example's
+the selection steps of a `SelectionRule` (mining_spec.py) (per example: a threshold relative to the example's
 max, top-k, or the counting recipe's top-N; across examples: support or the h most frequent):
 `select_example`, `selection_frequency`, `aggregate_selection`, `select_neurons`. The mined sets
 of a dataset (`MinedNeurons`, saved as artifacts) live in mining.py. Must not: run models (see
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
-from neurorit.configs import coerce_fields, from_dict, to_dict
 from neurorit.errors import ConfigError, ModelMismatchError
+from neurorit.mining_spec import SelectionRule
 from neurorit.types import NeuronGrid, NeuronMaskGrid
 
 
@@ -158,60 +158,6 @@ def five_sets(relevant: NeuronSet, irrelevant: NeuronSet) -> dict[str, NeuronSet
     }
 
 
-SelectionMode = Literal["relative", "top_k", "count"]
-SELECTION_MODES = ("relative", "top_k", "count")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SelectionRule:
-    """Which neurons an example selects, and how many examples must agree.
-
-    mode "relative": keep neurons with score >= threshold x the example's maximum score
-    (Knowledge Neurons / IRCAN use 0.2). mode "top_k": keep the k highest-scoring neurons.
-    support: keep neurons selected in at least this fraction of the examples (METHOD.md: 0.5).
-    mode "count" (the recipe of the authors' lab, IRCAN / SCoNE code): each example selects its
-    `per_example` highest neurons with a positive score; across examples keep the `keep` (h)
-    neurons selected most often (ties: the higher mean score, then the lower layer and index);
-    `support` is not used.
-    """
-
-    mode: SelectionMode = "relative"  # METHOD.md default
-    threshold: float = 0.2  # Knowledge Neurons' relative threshold
-    top_k: int = 100
-    support: float = 0.5  # METHOD.md: selected in >= half of the examples
-    use_abs: bool = False  # rank by |score| instead of signed score
-    scope: Literal["example", "layer"] = "example"  # relative threshold / top-k over the whole example or per layer
-    per_example: int = 50  # mode count: SCoNE's top 50 by positive attribution per example
-    keep: int = 20  # mode count: h most frequent; IRCAN sweeps h 1-16, 20 keeps set sizes near the relative rule's
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)  # YAML's `threshold: 2e-1` (a string) -> 0.2; a bool is not a number
-        if self.mode not in SELECTION_MODES:
-            raise ConfigError.field("SelectionRule", "mode", self.mode, "'relative', 'top_k' or 'count'")
-        for name in ("per_example", "keep"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError.field("SelectionRule", name, value, "an integer >= 1")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ConfigError.field("SelectionRule", "threshold", self.threshold, "a number in (0, 1]")
-        if self.top_k < 1:
-            raise ConfigError.field("SelectionRule", "top_k", self.top_k, "an integer >= 1")
-        if self.scope not in ("example", "layer"):
-            raise ConfigError.field("SelectionRule", "scope", self.scope, "'example' or 'layer'")
-        if not 0.0 < self.support <= 1.0:
-            raise ConfigError.field("SelectionRule", "support", self.support, "a fraction in (0, 1]")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = to_dict(self)
-        if self.mode != "count" and (self.per_example, self.keep) == (50, 20):
-            del out["per_example"], out["keep"]  # unused: rules (and mined cache keys) from before "count" stay the same
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SelectionRule":
-        return from_dict(cls, data)
-
-
 def select_example(scores: NeuronGrid, rule: SelectionRule) -> NeuronMaskGrid:
     """The neurons one example selects under the rule (before aggregation).
 
@@ -252,10 +198,19 @@ def aggregate_selection(freq: NeuronGrid, mean_scores: NeuronGrid, rule: Selecti
     """
     if rule.mode != "count":
         return freq >= rule.support - 1e-9
+    return _most_frequent(freq, mean_scores, rule.keep)
+
+
+def _by_frequency(freq: torch.Tensor, mean_scores: torch.Tensor) -> torch.Tensor:
+    """Indices of a flat grid, most frequent first; ties: the higher mean score, then the lower index."""
+    order = torch.argsort(-mean_scores.float(), stable=True)
+    return order[torch.argsort(-freq[order], stable=True)]
+
+
+def _most_frequent(freq: NeuronGrid, mean_scores: NeuronGrid, keep: int) -> NeuronMaskGrid:
+    """The `keep` most frequent neurons that were selected at least once."""
     flat_freq = freq.reshape(-1)
-    order = torch.argsort(-mean_scores.reshape(-1).float(), stable=True)  # ties of the score: lower index first
-    order = order[torch.argsort(-flat_freq[order], stable=True)]  # most frequent first
-    chosen = order[: rule.keep]
+    chosen = _by_frequency(flat_freq, mean_scores.reshape(-1))[:keep]
     chosen = chosen[flat_freq[chosen] > 0]
     flat = torch.zeros(flat_freq.numel(), dtype=torch.bool)
     flat[chosen] = True

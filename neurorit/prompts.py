@@ -20,7 +20,6 @@ from neurorit.configs import coerce_fields, from_dict, is_int, stable_hash, to_d
 from neurorit.data import Passage, RagExample
 from neurorit.errors import ConfigError, DataError
 from neurorit.metrics import normalize_answer
-from neurorit.retrieval import build_index
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +309,8 @@ def add_distractors(
                 owners.append(set())
             owners[where[key]].add(i)
     normalized = [normalize_answer(f"{p.title} {p.text}") for p in pool]
+    from neurorit.retrieval import build_index  # imported on use: it loads torch
+
     index = build_index(pool) if hard else None
 
     out = []

@@ -14,7 +14,7 @@ import torch
 from captum.attr import IntegratedGradients
 from torch import Tensor
 
-from neurorit.attribution import MiningConfig
+from neurorit.attribution import AttributionConfig
 from neurorit.models import frozen, neuron_site
 
 _CAPTUM_METHOD = {"midpoint": "riemann_middle", "gauss_legendre": "gausslegendre"}
@@ -25,7 +25,7 @@ def captum_layer_ig(
     prompt_ids: Sequence[int],
     answer_ids: Sequence[int],
     layer: int,
-    config: MiningConfig,
+    config: AttributionConfig,
     *,
     baseline: Tensor | None = None,
     internal_batch_size: int | None = None,

@@ -14,13 +14,12 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from neurorit.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,6 +119,8 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
+    from safetensors.torch import save_file  # imported on use: torch stays out of the CLI's start-up
+
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
@@ -140,6 +141,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
             f"{path} looks like a pickle/zip (torch.save) file, not safetensors; neurorit never "
             "unpickles. Re-export it with neurorit or safetensors.torch.save_file."
         )
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -217,7 +217,7 @@ class StudySpec:
     train_distractors: tuple[int, ...] = (1, 2, 3, 4)  # distractors per training input (drawn per step)
 
     # mining (the sets are mined once per dataset, noise, size and recipe, on the train split)
-    mining: dict[str, Any] = field(default_factory=dict)  # MiningConfig fields
+    mining: dict[str, Any] = field(default_factory=dict)  # AttributionConfig fields
     selection_recipes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> SelectionRule fields
     mining_seed: int = 0  # the distractor draw of the mining questions (shared by every seed)
 
@@ -337,9 +337,9 @@ class StudySpec:
         return SelectionRule.from_dict(dict(fields))
 
     def mining_config(self) -> Any:
-        from neurorit.attribution import MiningConfig
+        from neurorit.attribution import AttributionConfig
 
-        return from_dict(MiningConfig, dict(self.mining))
+        return from_dict(AttributionConfig, dict(self.mining))
 
     def prompt_config(self, seed: int) -> Any:
         from neurorit.prompts import PromptConfig

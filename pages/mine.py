@@ -9,6 +9,7 @@ import streamlit as st
 from app import artifacts, card_view, compare_panel, forms, jobs_client, resources, state, views
 from app.progress import cancel_button, read_job_table
 from neurorit.errors import NeuroritError
+from neurorit.mining_spec import MiningSpec
 from neurorit.models import BUNDLED_MODEL
 
 JOB_KEY = "neurorit.mine.job"
@@ -43,19 +44,17 @@ st.caption(f"{len(chosen)} of {len(items)} examples from **{state.dataset_label(
 with st.sidebar:
     st.subheader("Attribution")
     mining = forms.mining_form(ident.n_layers, prefix="mine")
-    irrelevant_target = st.selectbox("Target on irrelevant inputs", ["same", "own_answer"], key=forms.init("w.mine.irr_target", "same"),
-                                     help="own_answer: the model's own (distracted) answer, i.e. the neurons carrying the noise.")
-    preview = st.checkbox("Preview instead of IG (fast, approximate)", key=forms.init("w.mine.preview", False))
+    options = forms.mining_options_form(prefix="mine")
     st.subheader("Selection")
     rule = forms.selection_form(prefix="mine", with_support=True)
 
-if st.button(f"Start mining job ({usable} examples)", type="primary", disabled=not usable or mining is None or rule is None):
-    spec = state.model_spec()
+if st.button(f"Start mining job ({usable} examples)", type="primary",
+             disabled=not usable or mining is None or rule is None or options is None):
+    model = state.model_spec()
     try:
-        job = jobs_client.submit_mine(
-            chosen, state.prompt_config(), mining, rule, model=spec.name or BUNDLED_MODEL, device=spec.device,
-            dtype=spec.dtype, preview=preview, irrelevant_target=None if irrelevant_target == "same" else irrelevant_target,
-        )
+        job = jobs_client.submit_mine(chosen, MiningSpec(
+            model=model.name or BUNDLED_MODEL, device=model.device, dtype=model.dtype, prompt=state.prompt_config(),
+            mining=mining, selection=rule, **options))
         st.session_state[JOB_KEY] = job.id
         st.toast(f"Job {job.id} submitted")
     except (NeuroritError, OSError) as exc:

@@ -16,12 +16,11 @@ import streamlit as st
 from app import artifacts, card_view, forms, jobs_client, resources, state
 from neurorit import activations, notes, readout
 from neurorit import neuron_card as cards
-from neurorit.attribution import MiningConfig
 from neurorit.data import examples_fingerprint
 from neurorit.errors import NeuroritError
 from neurorit.masks import NeuronMask
 from neurorit.models import BUNDLED_MODEL
-from neurorit.neurons import SelectionRule, parse_neuron
+from neurorit.neurons import parse_neuron
 from neurorit.prompts import VIEWS
 
 JOB_KEY = "neurorit.card.index_job"
@@ -143,8 +142,8 @@ def index_job_panel() -> None:
         from neurorit import jobs  # the job table lives under the cache root: imported on use
 
         spec = state.model_spec()
-        try:  # the inputs file format of mining jobs; `neurorit index` reads its prompt section
-            data, config = jobs_client.write_inputs(items, prompt_config, MiningConfig(), SelectionRule())
+        try:  # `neurorit index` reads the examples and the config's prompt section
+            data, config = jobs_client.write_inputs(items, prompt_config)
             argv = card_view.index_argv(data, config, model=spec.name or BUNDLED_MODEL, device=spec.device,
                                         dtype=spec.dtype)
             st.session_state[JOB_KEY] = jobs.submit("index", argv).id

@@ -254,13 +254,13 @@ def test_ablate_page_whole_layer_random_control_and_explore_set(app_env: Path) -
 
 
 def _mine_tiny(model: Any) -> Path:
-    from neurorit.attribution import MiningConfig
+    from neurorit.attribution import AttributionConfig
     from neurorit.data import demo_examples
     from neurorit.mining import mine, mined_dir
     from neurorit.neurons import SelectionRule
     from neurorit.prompts import PromptConfig
 
-    mined = mine(model, demo_examples()[:3], MiningConfig(n_steps=2), SelectionRule(mode="top_k", top_k=10), PromptConfig())
+    mined = mine(model, demo_examples()[:3], AttributionConfig(n_steps=2), SelectionRule(mode="top_k", top_k=10), PromptConfig())
     return mined_dir(mined)
 
 

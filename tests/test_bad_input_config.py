@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from cli_harness import ok, reason, tree_snapshot
-from neurorit.attribution import MiningConfig
+from neurorit.attribution import AttributionConfig
 from neurorit.configs import coerce_value, from_dict
 from neurorit.errors import ConfigError
 from neurorit.evaluation import EvalConfig
@@ -96,9 +96,9 @@ def test_coercion_refuses_bad_values_naming_field_value_and_allowed(value, hint,
 def test_every_config_coerces_strings_from_yaml_and_hashes_as_typed():
     rule = from_dict(SelectionRule, yaml.safe_load("threshold: 2e-1\ntop_k: '5'\nsupport: 5e-1"))
     assert rule == SelectionRule(threshold=0.2, top_k=5, support=0.5)
-    mining = from_dict(MiningConfig, {"max_rows_per_pass": "8", "n_steps": "3", "layers": [1, "0"]})
-    assert mining == MiningConfig(max_rows_per_pass=8, n_steps=3, layers=(0, 1)) and mining.key() == \
-        MiningConfig(n_steps=3, layers=(0, 1)).key()
+    mining = from_dict(AttributionConfig, {"max_rows_per_pass": "8", "n_steps": "3", "layers": [1, "0"]})
+    assert mining == AttributionConfig(max_rows_per_pass=8, n_steps=3, layers=(0, 1)) and mining.key() == \
+        AttributionConfig(n_steps=3, layers=(0, 1)).key()
     assert PromptConfig.from_dict({"n_distractors": "2", "seed": "1"}) == PromptConfig(n_distractors=2, seed=1)
     assert EvalConfig.from_dict({"noise_levels": ["0", 2], "max_new_tokens": "4"}) == \
         EvalConfig(noise_levels=(0, 2), max_new_tokens=4)
@@ -111,9 +111,9 @@ def test_every_config_coerces_strings_from_yaml_and_hashes_as_typed():
     (SelectionRule, {"threshold": "abc"}, "SelectionRule.threshold = 'abc'"),
     (SelectionRule, {"top_k": True}, "SelectionRule.top_k = True"),
     (SelectionRule, {"use_abs": "no"}, "SelectionRule.use_abs = 'no'"),
-    (MiningConfig, {"max_rows_per_pass": "abc"}, "MiningConfig.max_rows_per_pass = 'abc'"),
-    (MiningConfig, {"n_steps": True}, "MiningConfig.n_steps = True"),
-    (MiningConfig, {"layers": 13}, "MiningConfig.layers = 13"),
+    (AttributionConfig, {"max_rows_per_pass": "abc"}, "AttributionConfig.max_rows_per_pass = 'abc'"),
+    (AttributionConfig, {"n_steps": True}, "AttributionConfig.n_steps = True"),
+    (AttributionConfig, {"layers": 13}, "AttributionConfig.layers = 13"),
     (PromptConfig, {"n_distractors": "abc"}, "PromptConfig.n_distractors = 'abc'"),
     (EvalConfig, {"views": "relevant"}, "EvalConfig.views = 'relevant'"),
     (TrainConfig, {"method": "full", "n_distractors": 4}, "TrainConfig.n_distractors = 4"),

@@ -258,7 +258,7 @@ def test_cli_json_and_html(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
 @pytest.fixture(scope="module")
 def mined_pair(tiny_llama, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The same 3 demo examples mined twice on the tiny Llama (n_steps 2): top-10 and top-20 per example."""
-    from neurorit.attribution import MiningConfig
+    from neurorit.attribution import AttributionConfig
     from neurorit.data import demo_examples
     from neurorit.mining import mine, mined_dir
     from neurorit.neurons import SelectionRule
@@ -268,7 +268,7 @@ def mined_pair(tiny_llama, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
         mp.setenv("NEURORIT_CACHE", str(tmp_path_factory.mktemp("compare-cache")))
         folders = []
         for k in (10, 20):  # the second reuses the cached scores
-            mined = mine(tiny_llama, demo_examples()[:3], MiningConfig(n_steps=2),
+            mined = mine(tiny_llama, demo_examples()[:3], AttributionConfig(n_steps=2),
                          SelectionRule(mode="top_k", top_k=k), PromptConfig(n_distractors=1))
             folders.append(mined_dir(mined))
     return folders[0], folders[1]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from neurorit.attribution import MiningConfig, attribute_neurons
+from neurorit.attribution import AttributionConfig, attribute_neurons
 from neurorit.data import demo_examples
 from neurorit.masks import NeuronMask, bake
 from neurorit.mining import MinedNeurons, mine, mined_dir, prompt_for
@@ -30,7 +30,7 @@ def demo_prompts(smol):
 
 def test_ig_matches_captum_on_the_bundled_model(smol, demo_prompts):
     prompt, closed = demo_prompts
-    config = MiningConfig(n_steps=20, layers=(0, 14, 29))
+    config = AttributionConfig(n_steps=20, layers=(0, 14, 29))
     ours = attribute_neurons(smol, prompt.token_ids, prompt.answer_ids, config, baseline_ids=closed.token_ids)
     from neurorit.attribution import baseline_activations
 
@@ -43,7 +43,7 @@ def test_ig_matches_captum_on_the_bundled_model(smol, demo_prompts):
 
 def test_completeness_under_one_percent_on_every_layer(smol, demo_prompts):
     prompt, closed = demo_prompts
-    scores = attribute_neurons(smol, prompt.token_ids, prompt.answer_ids, MiningConfig(n_steps=20), baseline_ids=closed.token_ids)
+    scores = attribute_neurons(smol, prompt.token_ids, prompt.answer_ids, AttributionConfig(n_steps=20), baseline_ids=closed.token_ids)
     assert scores.layers == tuple(range(30))
     worst = int(torch.nan_to_num(scores.relative_gap, nan=-1).argmax())
     assert scores.max_relative_gap() < 0.01, f"layer {worst}: {float(scores.relative_gap[worst]):.2%}"
@@ -51,10 +51,10 @@ def test_completeness_under_one_percent_on_every_layer(smol, demo_prompts):
 
 def test_zero_baseline_reaches_one_percent_with_refinement(smol, demo_prompts):
     prompt, _ = demo_prompts
-    plain = attribute_neurons(smol, prompt.token_ids, prompt.answer_ids, MiningConfig(n_steps=20, baseline="zero", layers=(0, 1)))
+    plain = attribute_neurons(smol, prompt.token_ids, prompt.answer_ids, AttributionConfig(n_steps=20, baseline="zero", layers=(0, 1)))
     refined = attribute_neurons(
         smol, prompt.token_ids, prompt.answer_ids,
-        MiningConfig(n_steps=20, baseline="zero", layers=(0, 1), refine_gap=0.01, max_steps=640),
+        AttributionConfig(n_steps=20, baseline="zero", layers=(0, 1), refine_gap=0.01, max_steps=640),
     )
     assert refined.max_relative_gap() < 0.01
     assert refined.max_relative_gap() <= plain.max_relative_gap()
@@ -62,7 +62,7 @@ def test_zero_baseline_reaches_one_percent_with_refinement(smol, demo_prompts):
 
 def test_mine_mask_bake_round_trip_on_the_bundled_model(smol, isolated_cache, tmp_path):
     examples = demo_examples()[:2]
-    mined = mine(smol, examples, MiningConfig(n_steps=8), SelectionRule(scope="layer", threshold=0.5),
+    mined = mine(smol, examples, AttributionConfig(n_steps=8), SelectionRule(scope="layer", threshold=0.5),
                  PromptConfig(n_distractors=2))
     assert len(mined.relevant) > 0 and len(mined.irrelevant) > 0
     again = MinedNeurons.load(mined_dir(mined), smol)

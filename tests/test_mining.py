@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from neurorit.attribution import MiningConfig
+from neurorit.attribution import AttributionConfig
 from neurorit.data import Passage, RagExample, demo_examples
 from neurorit.errors import DataError
 from neurorit.mining import MinedNeurons, mine, mined_dir, score_example
@@ -19,7 +19,7 @@ def isolated_cache(tmp_path, monkeypatch):
 
 def test_mine_builds_consistent_sets_and_caches(tiny_llama, isolated_cache):
     examples = demo_examples()[:3]
-    config = MiningConfig(n_steps=4)
+    config = AttributionConfig(n_steps=4)
     prompts = PromptConfig(n_distractors=2)
     calls = []
     mined = mine(tiny_llama, examples, config, SelectionRule(support=0.5), prompts,
@@ -39,7 +39,7 @@ def test_mine_builds_consistent_sets_and_caches(tiny_llama, isolated_cache):
 
 def test_cached_scores_equal_fresh_scores(tiny_llama, isolated_cache):
     example = demo_examples()[0]
-    config, prompts = MiningConfig(n_steps=3), PromptConfig(n_distractors=1)
+    config, prompts = AttributionConfig(n_steps=3), PromptConfig(n_distractors=1)
     fresh = score_example(tiny_llama, example, "irrelevant", config, prompts, use_cache=False)
     score_example(tiny_llama, example, "irrelevant", config, prompts)
     cached = score_example(tiny_llama, example, "irrelevant", config, prompts)
@@ -50,17 +50,17 @@ def test_cached_scores_equal_fresh_scores(tiny_llama, isolated_cache):
 def test_examples_without_a_view_are_skipped_and_all_missing_is_an_error(tiny_llama, isolated_cache):
     good = demo_examples()[0]
     only_relevant = RagExample(id="x1", question="Who?", answers=("Ann",), passages=(Passage("Ann did it.", relevant=True),))
-    mined = mine(tiny_llama, [good, only_relevant], MiningConfig(n_steps=2), SelectionRule(), PromptConfig(n_distractors=1))
+    mined = mine(tiny_llama, [good, only_relevant], AttributionConfig(n_steps=2), SelectionRule(), PromptConfig(n_distractors=1))
     assert mined.provenance["skipped"] == ["x1"]
     with pytest.raises(DataError, match="none of the 1 examples"):
-        mine(tiny_llama, [only_relevant], MiningConfig(n_steps=2), SelectionRule(), PromptConfig())
+        mine(tiny_llama, [only_relevant], AttributionConfig(n_steps=2), SelectionRule(), PromptConfig())
     with pytest.raises(DataError, match="no examples"):
-        mine(tiny_llama, [], MiningConfig(), SelectionRule(), PromptConfig())
+        mine(tiny_llama, [], AttributionConfig(), SelectionRule(), PromptConfig())
 
 
 def test_a_broken_cached_score_is_recomputed(tiny_llama, isolated_cache):
     example = demo_examples()[0]
-    config, prompts = MiningConfig(n_steps=2), PromptConfig(n_distractors=1)
+    config, prompts = AttributionConfig(n_steps=2), PromptConfig(n_distractors=1)
     first = score_example(tiny_llama, example, "relevant", config, prompts)
     (folder,) = list((isolated_cache / "scores").iterdir())
     (folder / "scores.safetensors").write_bytes(b"truncated")
@@ -76,11 +76,11 @@ def test_mined_sets_and_scores_carry_a_format_version(tiny_llama, tmp_path, isol
     version is one clear ArtifactError."""
     import json
 
-    from neurorit.attribution import MiningConfig, NeuronScores, attribute_neurons
+    from neurorit.attribution import AttributionConfig, NeuronScores, attribute_neurons
     from neurorit.errors import ArtifactError
 
     ids = tiny_llama.tokenizer.encode("Question: is grass green? Answer:")
-    scores = attribute_neurons(tiny_llama, ids, tiny_llama.tokenizer.encode(" yes"), MiningConfig(n_steps=2, baseline="zero"))
+    scores = attribute_neurons(tiny_llama, ids, tiny_llama.tokenizer.encode(" yes"), AttributionConfig(n_steps=2, baseline="zero"))
     folder = scores.save(tmp_path / "scores")
     meta = json.loads((folder / "scores.json").read_text())
     assert meta["format_version"] == 1 and meta["kind"] == "neuron_scores"
@@ -91,7 +91,7 @@ def test_mined_sets_and_scores_carry_a_format_version(tiny_llama, tmp_path, isol
     with pytest.raises(ArtifactError, match="format_version 2, this neurorit reads 1"):
         NeuronScores.load(folder)
 
-    mined = mine(tiny_llama, demo_examples()[:2], MiningConfig(n_steps=2), SelectionRule(), PromptConfig(n_distractors=1))
+    mined = mine(tiny_llama, demo_examples()[:2], AttributionConfig(n_steps=2), SelectionRule(), PromptConfig(n_distractors=1))
     path = mined_dir(mined) / "mined.json"
     meta = json.loads(path.read_text())
     assert meta["format_version"] == 1 and meta["kind"] == "mined_neurons"

@@ -98,8 +98,10 @@ def field_widget(c: Any, spec: FieldSpec, key: str, default: Any, *, disabled: b
 
 
 def config_form(cls: type, *, prefix: str, container: Any = None, current: Any = None, skip: tuple[str, ...] = (),
-                n_layers: int | None = None) -> Any:
+                n_layers: int | None = None, one_example: bool = False) -> Any:
     """A form for a config dataclass from its fields' descriptions (`about(form=True)`), in field order.
+
+    one_example: leave out the fields that only act across examples (`about(across_examples=True)`).
 
     A field that applies only under other fields' values (`when`) is shown disabled otherwise. A list
     of layers is typed as '0-3, 7' (empty = every layer). Returns the config, or None after showing
@@ -111,7 +113,7 @@ def config_form(cls: type, *, prefix: str, container: Any = None, current: Any =
     values: dict[str, Any] = {}
     try:
         for spec in field_specs(cls):
-            if not spec.meta.get("form", True) or spec.name in skip:
+            if not spec.meta.get("form", True) or spec.name in skip or (one_example and spec.meta.get("across_examples")):
                 continue
             default = getattr(current, spec.name)
             if spec.kind == "ints":
@@ -132,9 +134,9 @@ def mining_form(n_layers: int, *, prefix: str, container: Any = None) -> Attribu
 
 
 def selection_form(*, prefix: str, container: Any = None, with_support: bool = False) -> SelectionRule | None:
-    """Per-example selection (relative threshold, top-k or the counting recipe), plus support across examples
-    when mining (with_support)."""
-    return config_form(SelectionRule, prefix=prefix, container=container, skip=() if with_support else ("support",))
+    """Per-example selection (relative threshold, top-k or the counting recipe), plus the settings that combine
+    examples (support, the counting recipe's h, ...) when mining (with_support)."""
+    return config_form(SelectionRule, prefix=prefix, container=container, one_example=not with_support)
 
 
 def mining_options_form(*, prefix: str, container: Any = None) -> dict[str, Any] | None:

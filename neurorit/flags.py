@@ -29,7 +29,7 @@ def about(
     help: str, *, label: str | None = None, flag: str | None = None, lo: float | None = None,
     hi: float | None = None, step: float | None = None, widget: str | None = None,
     when: dict[str, tuple[Any, ...]] | None = None, labels: dict[Any, str] | None = None,
-    cli: bool = True, form: bool = True, omit_default: bool = False,
+    cli: bool = True, form: bool = True, omit_default: bool = False, across_examples: bool = False,
 ) -> dict[str, Any]:
     """A field's metadata: `field(default=..., metadata=about("what it does", ...))`.
 
@@ -40,10 +40,12 @@ def about(
     widget is disabled otherwise). labels: shown text per choice. cli / form: False keeps the field
     off the command line / out of the forms. omit_default: a field added after results were cached is
     left out of the config's dict (and so of every cache key) while it holds its default, so the
-    results cached before it existed are still found (configs.to_dict).
+    results cached before it existed are still found (configs.to_dict). across_examples: the field
+    acts where many examples' selections are combined (mining), not on one example's (Explore).
     """
     return {"help": help, "label": label, "flag": flag, "lo": lo, "hi": hi, "step": step, "widget": widget,
-            "when": when, "labels": labels, "cli": cli, "form": form, "omit_default": omit_default}
+            "when": when, "labels": labels, "cli": cli, "form": form, "omit_default": omit_default,
+            "across_examples": across_examples}
 
 
 @dataclass(frozen=True)

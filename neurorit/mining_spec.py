@@ -134,7 +134,7 @@ class SelectionRule:
         when={"mode": ("top_k",)}))
     support: float = field(default=0.5, metadata=about(  # METHOD.md: selected in >= half of the examples
         "fraction of examples that must select a neuron (relative, top_k)", label="Support (fraction of examples)",
-        lo=0.05, hi=1.0, step=0.05, widget="slider", when={"mode": ("relative", "top_k")}))
+        lo=0.05, hi=1.0, step=0.05, widget="slider", when={"mode": ("relative", "top_k")}, across_examples=True))
     use_abs: bool = field(default=False, metadata=about(
         "rank neurons by |score| instead of signed score", label="Rank by |score|"))
     scope: Literal["example", "layer"] = field(default="example", metadata=about(
@@ -146,7 +146,7 @@ class SelectionRule:
         label="Per example (count)", lo=1, hi=100_000, step=10, when={"mode": ("count",)}))
     keep: int = field(default=20, metadata=about(  # h; IRCAN sweeps 1-16, 20 keeps sizes near the relative rule's
         "mode count: h, the neurons kept, most often voted for first", label="Keep h (count)", lo=1, hi=100_000,
-        step=1, when={"mode": ("count",)}))
+        step=1, when={"mode": ("count",)}, across_examples=True))
 
     def __post_init__(self) -> None:
         coerce_fields(self)  # YAML's `threshold: 2e-1` (a string) -> 0.2; a bool is not a number

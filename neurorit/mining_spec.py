@@ -147,6 +147,10 @@ class SelectionRule:
     keep: int = field(default=20, metadata=about(  # h; IRCAN sweeps 1-16, 20 keeps sizes near the relative rule's
         "mode count: h, the neurons kept, most often voted for first", label="Keep h (count)", lo=1, hi=100_000,
         step=1, when={"mode": ("count",)}, across_examples=True))
+    max_per_layer: int | None = field(default=None, metadata=about(
+        "keep at most this many neurons per layer, the most often selected first (ties: the higher mean score): no "
+        "single layer fills the set; empty = no cap", label="At most per layer", lo=1, hi=100_000, step=1,
+        omit_default=True, across_examples=True))
 
     def __post_init__(self) -> None:
         coerce_fields(self)  # YAML's `threshold: 2e-1` (a string) -> 0.2; a bool is not a number
@@ -164,6 +168,8 @@ class SelectionRule:
             raise ConfigError.field("SelectionRule", "scope", self.scope, "'example' or 'layer'")
         if not 0.0 < self.support <= 1.0:
             raise ConfigError.field("SelectionRule", "support", self.support, "a fraction in (0, 1]")
+        if self.max_per_layer is not None and self.max_per_layer < 1:
+            raise ConfigError.field("SelectionRule", "max_per_layer", self.max_per_layer, "None or an integer >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         out = to_dict(self)

@@ -195,10 +195,22 @@ def aggregate_selection(freq: NeuronGrid, mean_scores: NeuronGrid, rule: Selecti
 
     Modes relative / top_k: frequency >= support. Mode count: the `keep` most frequent neurons
     (selected at least once), ties broken by the higher mean score, then the lower flat index.
+    Then, with `max_per_layer`, each layer keeps at most that many of them, in the same order.
     """
     if rule.mode != "count":
-        return freq >= rule.support - 1e-9
-    return _most_frequent(freq, mean_scores, rule.keep)
+        kept = freq >= rule.support - 1e-9
+    else:
+        kept = _most_frequent(freq, mean_scores, rule.keep)
+    return kept if rule.max_per_layer is None else _cap_per_layer(kept, freq, mean_scores, rule.max_per_layer)
+
+
+def _cap_per_layer(kept: NeuronMaskGrid, freq: NeuronGrid, mean_scores: NeuronGrid, cap: int) -> NeuronMaskGrid:
+    """At most `cap` kept neurons per layer, the most frequent first (ties: higher mean score, lower index)."""
+    out = torch.zeros_like(kept)
+    for layer in range(kept.shape[0]):
+        order = _by_frequency(freq[layer], mean_scores[layer])
+        out[layer, order[kept[layer, order]][:cap]] = True
+    return out
 
 
 def _by_frequency(freq: torch.Tensor, mean_scores: torch.Tensor) -> torch.Tensor:

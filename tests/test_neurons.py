@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from neurorit.errors import ConfigError, ModelMismatchError
-from neurorit.neurons import NeuronSet, SelectionRule, select_example, select_neurons
+from neurorit.neurons import NeuronSet, SelectionRule, select_example, select_neurons, selection_frequency
 
 
 def _random_set(seed: int) -> NeuronSet:
@@ -74,3 +74,22 @@ def test_layer_scope_thresholds_each_layer_on_its_own():
     assert per_layer.tolist() == [[True, True, False], [True, True, False]]
     top1 = select_example(scores, SelectionRule(mode="top_k", top_k=1, scope="layer"))
     assert top1.tolist() == [[True, False, False], [True, False, False]]
+
+
+@pytest.mark.parametrize("mode", ["relative", "count"])
+def test_max_per_layer_keeps_the_most_often_selected_of_each_layer(mode: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    grids = [torch.randn(4, 40, generator=g) for _ in range(6)]
+    base = SelectionRule(mode=mode, threshold=0.3, support=0.3, per_example=30, keep=60)
+    capped = SelectionRule(mode=mode, threshold=0.3, support=0.3, per_example=30, keep=60, max_per_layer=3)
+    whole, cut = select_neurons(grids, base).grid, select_neurons(grids, capped).grid
+    freq = selection_frequency(grids, base)
+    mean = torch.stack(grids).mean(dim=0)
+    for layer in range(4):  # brute force: sort the layer's kept neurons by (-frequency, -mean score, index)
+        kept = [i for i in range(40) if whole[layer, i]]
+        best = sorted(kept, key=lambda i: (-float(freq[layer, i]), -float(mean[layer, i]), i))[:3]
+        assert sorted(best) == [i for i in range(40) if cut[layer, i]]
+    assert int(whole.sum(dim=1).max()) > 3  # the cap did bind
+    assert SelectionRule(max_per_layer=None).to_dict() == SelectionRule().to_dict()  # no cache key changed
+    with pytest.raises(ConfigError, match="max_per_layer"):
+        SelectionRule(max_per_layer=0)

@@ -1,6 +1,6 @@
 """Shared mechanics of the frozen config dataclasses.
 
-Owns: round-tripping a config to and from a plain dict, its stable hash (the cache key), loading
+Owns: round-tripping a config to and from a plain dict (and `DictConfig`, the two methods every config has), its stable hash (the cache key), loading
 overrides from YAML, and the one coercion of a field's value to its annotated type (YAML 1.1 reads
 `2e-1` as a string; a flag or a file may give "3" for an int). Must not: know any particular
 stage's fields.
@@ -64,6 +64,25 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)  # type: ignore[call-arg]
+
+
+class DictConfig:
+    """What every config dataclass says about itself: `to_dict` (JSON-safe), `from_dict` (unknown keys refused), `hash`.
+
+    A config overrides either where it says more (nested configs written in old layouts, fields
+    left out of its dict).
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        return from_dict(cls, data)
+
+    def hash(self) -> str:
+        """A stable short hash of every field (part of cache keys and default folder names)."""
+        return stable_hash(self)
 
 
 def is_int(value: Any) -> bool:

@@ -13,14 +13,13 @@ import dataclasses
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 import torch
 
 from neurorit import store
-from neurorit.configs import coerce_fields, from_dict, is_int, stable_hash, to_dict
+from neurorit.configs import DictConfig, coerce_fields, from_dict, is_int, to_dict
 from neurorit.data import RagExample
 from neurorit.decoding import ANSWER_CACHE, AnswerCache, decode_and_score, step_engine
 from neurorit.errors import ArtifactError, ConfigError, DataError
@@ -37,7 +36,7 @@ _METRICS = ("accuracy", "exact", "f1", "logprob")
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig:
+class EvalConfig(DictConfig):
     """What to evaluate: which context views, which noise levels, how long an answer may be.
 
     noise_levels: the numbers of distractors the noisy view sweeps (e.g. (0, 1, 2, 3, 4)); empty
@@ -77,17 +76,11 @@ class EvalConfig:
         """The distractor counts the noisy view is evaluated at."""
         return tuple(sorted(self.noise_levels)) or (self.prompt.n_distractors,)
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvalConfig":
         if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
             data = {**data, "prompt": PromptConfig.from_dict(data["prompt"])}
         return from_dict(cls, data)
-
-    def hash(self) -> str:
-        return stable_hash(self)
 
 
 # ---- results and reports ------------------------------------------------------------------------
@@ -138,7 +131,7 @@ def _rows_table(
 
 
 @dataclass(frozen=True)
-class EvalReport:
+class EvalReport(store.JsonArtifact):
     """Every per-prompt result of one evaluation, with what made it; rolls up into a table."""
 
     results: tuple[ExampleResult, ...]
@@ -191,15 +184,6 @@ class EvalReport:
         return cls(results=results, label=data["label"], config=data["config"], model=data["model"],
                    mask=data.get("mask"), skipped=skipped)
 
-    def save(self, path: Path) -> Path:
-        """Write the report as one JSON file (atomically)."""
-        path = Path(path)
-        store.write_json(path, self.to_json())
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> "EvalReport":
-        return cls.from_json(store.read_json(Path(path)), str(path))
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -292,7 +276,7 @@ def _mask_summary(mask: NeuronMask | None) -> dict[str, Any] | None:
 
 
 @dataclass(frozen=True)
-class AblationReport:
+class AblationReport(store.JsonArtifact):
     """The same evaluation without the mask, with it, and with a random control mask."""
 
     base: EvalReport
@@ -320,20 +304,14 @@ class AblationReport:
         return {"kind": "ablation_report", "format_version": REPORT_FORMAT_VERSION, "base": self.base.to_json(),
                 "masked": self.masked.to_json(), "control": self.control.to_json() if self.control else None}
 
-    def save(self, path: Path) -> Path:
-        path = Path(path)
-        store.write_json(path, self.to_json())
-        return path
-
     @classmethod
-    def load(cls, path: Path) -> "AblationReport":
-        data = store.read_json(Path(path))
+    def from_json(cls, data: Any, where: str = "ablation report") -> "AblationReport":
         if not isinstance(data, dict) or not {"base", "masked"} <= set(data):
-            raise ArtifactError(f"{path}: expected an ablation report with 'base' and 'masked' reports.")
+            raise ArtifactError(f"{where}: expected an ablation report with 'base' and 'masked' reports.")
         control = data.get("control")
-        return cls(EvalReport.from_json(data["base"], f"{path} (base)"),
-                   EvalReport.from_json(data["masked"], f"{path} (masked)"),
-                   EvalReport.from_json(control, f"{path} (control)") if control is not None else None)
+        return cls(EvalReport.from_json(data["base"], f"{where} (base)"),
+                   EvalReport.from_json(data["masked"], f"{where} (masked)"),
+                   EvalReport.from_json(control, f"{where} (control)") if control is not None else None)
 
 
 def ablate(

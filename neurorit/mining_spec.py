@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from neurorit.configs import coerce_fields, from_dict, load_yaml, stable_hash, to_dict
+from neurorit.configs import DictConfig, coerce_fields, from_dict, load_yaml, stable_hash, to_dict
 from neurorit.errors import ConfigError
 from neurorit.flags import about
 from neurorit.prompts import PromptConfig
@@ -35,7 +35,7 @@ SELECTION_MODES = ("relative", "top_k", "count")
 
 
 @dataclass(frozen=True, kw_only=True)
-class AttributionConfig:
+class AttributionConfig(DictConfig):
     """How one prompt's neurons are attributed by Integrated Gradients (METHOD.md defaults)."""
 
     layers: tuple[int, ...] | None = field(default=None, metadata=about(
@@ -93,13 +93,6 @@ class AttributionConfig:
                 "positions='all' needs baseline='zero'."
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AttributionConfig":
-        return from_dict(cls, data)
-
     def key(self) -> str:
         """Hash of the fields that change the scores (not the batching knob)."""
         d = self.to_dict()
@@ -111,7 +104,7 @@ class AttributionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelectionRule:
+class SelectionRule(DictConfig):
     """Which neurons an example selects, and how many examples must agree.
 
     mode "relative": keep neurons with score >= threshold x the example's maximum score
@@ -176,10 +169,6 @@ class SelectionRule:
         if self.mode != "count" and (self.per_example, self.keep) == (50, 20):
             del out["per_example"], out["keep"]  # unused: rules (and mined cache keys) from before "count" stay the same
         return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SelectionRule":
-        return from_dict(cls, data)
 
 
 # ---- the spec -----------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import pandas as pd
@@ -27,7 +26,7 @@ from torch import Tensor
 
 from neurorit import store
 from neurorit.attribution import GAP_FLOOR, Quadrature, quadrature_rule
-from neurorit.configs import coerce_fields, from_dict, to_dict
+from neurorit.configs import DictConfig, coerce_fields, to_dict
 from neurorit.data import RagExample
 from neurorit.decoding import answer_logprob
 from neurorit.errors import ArtifactError, ConfigError
@@ -50,7 +49,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
-class PassageConfig:
+class PassageConfig(DictConfig):
     """How one example's passages are attributed.
 
     scope: which prompt tokens IG moves from the baseline to their embedding; the others keep their
@@ -102,16 +101,9 @@ class PassageConfig:
         if self.view not in ("noisy", "relevant", "irrelevant"):
             raise ConfigError.field("PassageConfig", "view", self.view, "'noisy', 'relevant' or 'irrelevant'")
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PassageConfig":
-        return from_dict(cls, data)
-
 
 @dataclass(frozen=True, eq=False)
-class PassageAttribution:
+class PassageAttribution(store.JsonArtifact):
     """One prompt's passages and what each contributes to the gold answer's log-prob.
 
     logprob: answer log-prob with every passage; logprob_without[i]: with passage i left out.
@@ -245,13 +237,6 @@ class PassageAttribution:
         except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
             raise ArtifactError(f"{where} is not a complete passage attribution ({exc!r}).") from None
 
-    def save(self, path: Path) -> Path:
-        store.write_json(Path(path), self.to_json())
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: Path) -> "PassageAttribution":
-        return cls.from_json(store.read_json(Path(path)), where=str(path))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from neurorit.configs import coerce_fields, from_dict, is_int, stable_hash, to_dict
+from neurorit.configs import DictConfig, coerce_fields, is_int
 from neurorit.data import Passage, RagExample
 from neurorit.errors import ConfigError, DataError
 from neurorit.metrics import normalize_answer
@@ -27,7 +27,7 @@ VIEWS = ("relevant", "irrelevant", "noisy", "closed_book")
 
 
 @dataclass(frozen=True, kw_only=True)
-class PromptConfig:
+class PromptConfig(DictConfig):
     """How an example becomes a prompt.
 
     The noisy view shows the example's first relevant passage among `n_distractors` irrelevant
@@ -62,17 +62,6 @@ class PromptConfig:
             raise ConfigError.field("PromptConfig", "seed", self.seed, "an integer")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise ConfigError.field("PromptConfig", "system_prompt", self.system_prompt, "a string or None")
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PromptConfig":
-        return from_dict(cls, data)
-
-    def hash(self) -> str:
-        """Stable short hash of the config (part of cache keys)."""
-        return stable_hash(self)
 
 
 @dataclass(frozen=True)

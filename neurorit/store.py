@@ -173,6 +173,19 @@ def save_cached(kind: str, key: str, save: Callable[[Path], Any]) -> Path:
     return folder
 
 
+class JsonArtifact:
+    """`save` / `load` of a result kept as one JSON file; the class gives `to_json()` and `from_json(data, where)`."""
+
+    def save(self, path: Path) -> Path:
+        """Write the result as one JSON file (atomically)."""
+        write_json(Path(path), self.to_json())  # type: ignore[attr-defined]
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Any:
+        return cls.from_json(read_json(Path(path)), str(path))  # type: ignore[attr-defined]
+
+
 def check_format_version(meta: Any, expected: int, where: Path | str) -> None:
     """ArtifactError unless the artifact's JSON has `format_version` == expected (an artifact
     written before format versions existed counts as version 1, the layout it has)."""

@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from neurorit import store
-from neurorit.configs import from_dict, is_int, stable_hash, to_dict
+from neurorit.configs import DictConfig, from_dict, is_int, stable_hash, to_dict
 from neurorit.data import RagExample
 from neurorit.errors import ArtifactError, ConfigError, DataError, NeuroritError
 from neurorit.prompts import add_distractors
@@ -188,7 +188,7 @@ def _resolve_dataset(name: str, base: Path | None) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class StudySpec:
+class StudySpec(DictConfig):
     """A study: the grid's axes and what every cell shares. Defaults are tiny (the demo set)."""
 
     name: str = "study"
@@ -399,9 +399,6 @@ class StudySpec:
 
     # ---- serialisation ------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> "StudySpec":
         if isinstance(data, dict):
@@ -435,9 +432,6 @@ class StudySpec:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def hash(self) -> str:
-        return stable_hash(self)
 
 
 @dataclass(frozen=True)

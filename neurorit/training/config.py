@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from neurorit.configs import coerce_fields, from_dict, is_int, stable_hash, to_dict
+from neurorit.configs import DictConfig, coerce_fields, from_dict, is_int
 from neurorit.errors import ConfigError
 from neurorit.evaluation import EvalConfig
 from neurorit.prompts import PromptConfig
@@ -37,7 +37,7 @@ def _is_number(value: Any) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """One training run. Paths, never tensors; see METHOD.md for where each default comes from."""
 
     method: str = "neuro_rit"
@@ -219,9 +219,6 @@ class TrainConfig:
 
     # ---- serialisation ----------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         if isinstance(data, dict):
@@ -235,6 +232,3 @@ class TrainConfig:
     def with_overrides(self, **overrides: Any) -> "TrainConfig":
         return replace(self, **overrides)
 
-    def hash(self) -> str:
-        """Stable short hash of every field (keys the default run folder)."""
-        return stable_hash(self)

@@ -13,7 +13,6 @@ import math
 import resource
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -46,7 +45,7 @@ class StageReport:
 
 
 @dataclass(frozen=True)
-class TrainReport:
+class TrainReport(store.JsonArtifact):
     """One run: its method and config, per-stage cost, and evaluation before / after training."""
 
     method: str
@@ -152,10 +151,3 @@ class TrainReport:
         except (KeyError, TypeError) as exc:
             raise ArtifactError(f"{where}: a field is missing or malformed ({exc}).") from exc
 
-    def save(self, path: Path) -> Path:
-        store.write_json(Path(path), self.to_json())
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: Path) -> "TrainReport":
-        return cls.from_json(store.read_json(Path(path)), str(path))

@@ -810,6 +810,48 @@ def summary_table(spec: StudySpec, study_dir: Path) -> pd.DataFrame:
     return _int_columns(pd.DataFrame(rows))
 
 
+def pooled_comparisons(spec: StudySpec, study_dir: Path) -> pd.DataFrame:
+    """Seeds pooled, paired: each method against RALM and against its random-mask control.
+
+    Per question, the method's and the reference's correctness are averaged over the seeds both
+    have (same dataset, noise, mining size and recipe, number of distractors); the difference of
+    those per-question means has a paired bootstrap interval over questions. Averaging within a
+    question first keeps a question's seeds together, so the interval is not narrowed by counting
+    one question three times. With one seed this is the cell's own comparison and its exact McNemar
+    p; with several seeds p is NaN (a question's mean is no longer a yes / no).
+    """
+    study_dir = Path(study_dir)
+    done = {spec.cell_id(c): c for c in spec.cells() if is_done(study_dir, spec.cell_id(c))}
+    frames: dict[str, pd.DataFrame] = {}
+    pairs: dict[tuple[Any, ...], list[pd.DataFrame]] = {}
+    for cell_id, cell in done.items():
+        for reference in REFERENCES:
+            other = _reference_cell(spec, cell, reference)
+            other_id = spec.cell_id(other) if other is not None else None
+            if other_id not in done:
+                continue
+            for name in (cell_id, other_id):
+                if name not in frames:
+                    frames[name] = _cell_results(study_dir, name)
+            both = frames[cell_id].merge(frames[other_id], on=["example_id", "n_distractors"], suffixes=("", "_ref"))
+            for k, part in both.groupby("n_distractors"):
+                key = (cell.dataset, cell.noise, cell.mining_size, cell.recipe, cell.method, int(k), other.method)
+                pairs.setdefault(key, []).append(part.assign(seed=cell.seed))
+    rows = []
+    for key, parts in pairs.items():
+        joined = pd.concat(parts)
+        per_question = joined.groupby("example_id")[["correct", "correct_ref"]].mean().sort_index()
+        x, y = per_question["correct"].to_numpy(dtype=float), per_question["correct_ref"].to_numpy(dtype=float)
+        cmp = paired_comparison(x, y, confidence=spec.confidence, n_resamples=spec.n_resamples,
+                                seed=_seed_of(x.tolist(), y.tolist()))
+        dataset, noise, size, recipe, method, k, reference = key
+        rows.append({"dataset": dataset, "noise": noise, "mining_size": size, "recipe": recipe, "method": method,
+                     "n_distractors": k, "reference": reference, "n_seeds": joined["seed"].nunique(),
+                     "n_questions": len(per_question), "diff": cmp.difference, "low": cmp.low, "high": cmp.high,
+                     "p_mcnemar": cmp.p_mcnemar if joined["seed"].nunique() == 1 else math.nan})
+    return _int_columns(pd.DataFrame(rows))
+
+
 def accuracy_figure(summary: pd.DataFrame) -> Any:
     """Accuracy vs number of distractors, one line per method (and mined-set variant), 95 % error
     bars; one panel per dataset and noise kind."""
@@ -858,7 +900,7 @@ def _markdown(frame: pd.DataFrame, columns: Sequence[str]) -> str:
 
 
 def report_markdown(spec: StudySpec, table: pd.DataFrame, summary: pd.DataFrame, n_cells: int,
-                    failed: dict[str, str] | None = None) -> str:
+                    failed: dict[str, str] | None = None, pooled: pd.DataFrame | None = None) -> str:
     """The study's Markdown report: what ran, the pooled summary, the per-cell table, how to read it."""
     done = table["cell_id"].nunique() if not table.empty else 0
     parts = [
@@ -877,6 +919,12 @@ def report_markdown(spec: StudySpec, table: pd.DataFrame, summary: pd.DataFrame,
         "## Accuracy, seeds pooled", "",
         _markdown(summary, ["dataset", "noise", "mining_size", "recipe", "method", "n_distractors", "n_seeds", "n",
                             "accuracy", "accuracy_low", "accuracy_high"]) if not summary.empty else "(no cell finished)",
+        "", "## Seeds pooled, paired", "",
+        "Each method minus its reference on the same questions, correctness averaged over the seeds both have "
+        "within each question first; 95 % paired bootstrap interval over questions (`low`, `high`); `p_mcnemar` "
+        "only for a single seed.", "",
+        _markdown(pooled, ["dataset", "method", "reference", "n_distractors", "n_seeds", "n_questions", "diff",
+                           "low", "high", "p_mcnemar"]) if pooled is not None and not pooled.empty else "(none)",
         "", "## Every cell", "",
         _markdown(table, ["cell_id", "method", "seed", "mining_size", "recipe", "n_distractors", "n", "accuracy",
                           "accuracy_low", "accuracy_high", "em", "f1", "vs_ralm_diff", "vs_ralm_low",
@@ -913,10 +961,12 @@ def write_outputs(spec: StudySpec, study_dir: Path) -> StudyResult:
                             "".join(json.dumps(r, sort_keys=True, default=str) + "\n"
                                     for r in json.loads(table.to_json(orient="records"))))
     store.write_text_atomic(study_dir / "summary.csv", summary.to_csv(index=False))
+    pooled = pooled_comparisons(spec, study_dir)
+    store.write_text_atomic(study_dir / "pooled.csv", pooled.to_csv(index=False))
     n_cells = len(spec.cells())
     failed = {cid: msg for cid in (spec.cell_id(c) for c in spec.cells())
               if not is_done(study_dir, cid) and (msg := cell_failure(study_dir, cid))}
-    store.write_text_atomic(study_dir / "report.md", report_markdown(spec, table, summary, n_cells, failed))
+    store.write_text_atomic(study_dir / "report.md", report_markdown(spec, table, summary, n_cells, failed, pooled))
     html = accuracy_figure(summary).to_html(include_plotlyjs=True, full_html=True)  # offline: plotly.js inline
     store.write_text_atomic(study_dir / "accuracy_vs_distractors.html", html)
     n_done = table["cell_id"].nunique() if not table.empty else 0

@@ -70,6 +70,7 @@ def test_tiny_study_runs_end_to_end(tiny_llama_dir: Path, tmp_path: Path) -> Non
     lines = (folder / "results.jsonl").read_text().splitlines()
     assert len(lines) == len(table) and json.loads(lines[0])["cell_id"] == table["cell_id"].iloc[0]
     assert "McNemar" in (folder / "report.md").read_text()
+    _check_pooled(spec, folder, table)
     assert seen[-1][0] == seen[-1][1] == 4
     assert not any((folder / "cells").glob("*/run/checkpoints"))  # removed once a cell is done
     assert (study_status(spec, folder)["state"] == "done").all()
@@ -79,6 +80,27 @@ def test_tiny_study_runs_end_to_end(tiny_llama_dir: Path, tmp_path: Path) -> Non
     again = run_study(spec, folder, resume=True, on_progress=lambda d, t, m: seen.append((d, t, m)))
     pd.testing.assert_frame_equal(_comparable(again.table), _comparable(table))
     assert all("done before" in m for _, _, m in seen[-4:])
+
+
+def _check_pooled(spec: StudySpec, folder: Path, table: pd.DataFrame) -> None:
+    """pooled.csv against a direct computation from the cells' per-question files."""
+    pooled = pd.read_csv(folder / "pooled.csv")
+    cells = {(r.method, r.seed): r.cell_id for r in table.itertuples()}
+    for row in pooled.itertuples():
+        assert row.method == "neuro_rit" and row.reference == "ralm" and row.n_seeds == 2
+        per_seed = []
+        for seed in (0, 1):
+            a, b = (pd.read_json(folder / "cells" / cells[(m, seed)] / "results.jsonl", lines=True)
+                    for m in ("neuro_rit", "ralm"))
+            a, b = (f[f["n_distractors"] == row.n_distractors].set_index("example_id")["correct"] for f in (a, b))
+            per_seed.append(a.astype(float) - b.astype(float))
+        by_question = pd.concat(per_seed, axis=1).mean(axis=1)  # the seeds of a question averaged first
+        assert row.n_questions == len(by_question)
+        assert abs(row.diff - by_question.mean()) < 1e-12
+        assert row.low <= row.diff + 1e-12 and row.diff <= row.high + 1e-12
+        assert pd.isna(row.p_mcnemar)  # not binary once seeds are averaged
+    assert len(pooled) == 2  # neuro_rit vs ralm at 0 and 2 distractors (no random-mask control in the grid)
+    assert "## Seeds pooled, paired" in (folder / "report.md").read_text()
 
 
 class _Stop(Exception):

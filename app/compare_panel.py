@@ -9,6 +9,7 @@ B, and `neurorit.compare.comparison_figure`. Must not: compute the comparison it
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from app import artifacts, forms, resources
@@ -69,3 +70,6 @@ def render() -> None:
             st.dataframe(result.shifts_frame(), hide_index=True)
         else:
             st.caption("A has no irrelevant-exclusive neurons: no attribution to compare.")
+        st.markdown("**Read against** (irrelevant view, mean IG under A and B, ratio B / A): random sets with the "
+                    "same per-layer counts, A's most attributed neurons, and the whole grid's scale.")
+        st.dataframe(pd.DataFrame(result.references), hide_index=True)

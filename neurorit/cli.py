@@ -331,6 +331,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
               f"{s['relevant_b']:.4g}; {s['still_in_b']} still irrelevant-exclusive in B")
     else:
         print("A has no irrelevant-exclusive neurons: no attribution to compare.")
+    print("read against (irrelevant view, mean IG under A -> B, ratio B / A):")
+    for r in result.references:
+        print(f"  {r['what']} ({r['n']}): {r['a']:.4g} -> {r['b']:.4g} (x{r['ratio']:.3g})")
     if html is not None:
         print(f"figure: {html}")
     return 0

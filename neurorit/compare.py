@@ -96,6 +96,7 @@ class SetComparison:
     example_ids_a: tuple[str, ...]
     example_ids_b: tuple[str, ...]
     notes: tuple[str, ...] = ()  # what makes the two less comparable (other examples, other settings)
+    references: tuple[dict[str, Any], ...] = ()  # what the shift of A's set is read against (reference_shifts)
 
     @property
     def shared_examples(self) -> int:
@@ -153,6 +154,7 @@ class SetComparison:
             "totals": clean(self.totals().to_dict("records")),
             "layers": clean(self.table().to_dict("records")),
             "irrelevant_exclusive_of_a": {**self.shift_summary(), "neurons": [asdict(s) for s in self.shifts]},
+            "references": clean([dict(r) for r in self.references]),
         }
 
 
@@ -190,9 +192,49 @@ def _notes(a: MinedNeurons, b: MinedNeurons) -> list[str]:
     return notes
 
 
+TOP_REFERENCE = 100  # A's most attributed neurons (irrelevant view), the second reference of a shift
+RANDOM_DRAWS = 200  # random sets with the set's per-layer counts, the first reference
+
+
+def reference_shifts(a: MinedNeurons, b: MinedNeurons, chosen: torch.Tensor, *, draws: int = RANDOM_DRAWS,
+                     top: int = TOP_REFERENCE, seed: int = 0) -> tuple[dict[str, Any], ...]:
+    """The irrelevant-view mean IG under A and B of what a shift of `chosen` (A's set) is read against.
+
+    Rows: the set itself; random sets with its per-layer counts (mean over `draws` seeded draws:
+    what any neuron of those layers does); A's `top` neurons by irrelevant-view score (what strongly
+    attributed neurons do); every neuron's |score| (the scale of the attribution). Each row has
+    `a`, `b` and `ratio` = b / a (NaN where a is 0). A set whose ratio is like the references'
+    changed with the model's attribution as a whole, not on its own.
+    """
+    sa, sb = a.irrelevant_mean.float(), b.irrelevant_mean.float()
+    rows: list[dict[str, Any]] = []
+
+    def row(what: str, n: int, va: float, vb: float) -> None:
+        rows.append({"what": what, "n": n, "a": va, "b": vb, "ratio": vb / va if va else math.nan})
+
+    n = int(chosen.sum())
+    if n:
+        row("the set", n, float(sa[chosen].mean()), float(sb[chosen].mean()))
+        gen = torch.Generator().manual_seed(seed)
+        counts = chosen.sum(dim=1).tolist()
+        ra = rb = 0.0
+        for _ in range(draws):
+            pick = torch.zeros_like(chosen)
+            for layer, count in enumerate(counts):
+                if count:
+                    pick[layer, torch.randperm(chosen.shape[1], generator=gen)[:count]] = True
+            ra, rb = ra + float(sa[pick].mean()), rb + float(sb[pick].mean())
+        row(f"random, same per-layer counts ({draws} draws)", n, ra / draws, rb / draws)
+    k = min(top, sa.numel())
+    best = sa.flatten().topk(k).indices
+    row(f"A's top {k} by irrelevant-view score", k, float(sa.flatten()[best].mean()), float(sb.flatten()[best].mean()))
+    row("every neuron, mean |score|", sa.numel(), float(sa.abs().mean()), float(sb.abs().mean()))
+    return tuple(rows)
+
+
 def compare_mined(a: MinedNeurons, b: MinedNeurons, *, labels: tuple[str, str] = ("A", "B")) -> SetComparison:
     """Per named set and layer, the overlap of A's and B's neurons; A's irrelevant-exclusive
-    neurons' mean IG scores under A and under B.
+    neurons' mean IG scores under A and under B, beside references (`reference_shifts`).
 
     Refuses (ModelMismatchError) results on grids of different shapes: their neurons cannot be
     matched. Different example ids are allowed and reported in `notes`.
@@ -229,6 +271,7 @@ def compare_mined(a: MinedNeurons, b: MinedNeurons, *, labels: tuple[str, str] =
         a=labels[0], b=labels[1], model_a=asdict(a.model), model_b=asdict(b.model),
         n_layers=shape_a[0], d_mlp=shape_a[1], overlaps=tuple(overlaps), shifts=shifts,
         example_ids_a=tuple(a.example_ids), example_ids_b=tuple(b.example_ids), notes=tuple(notes),
+        references=reference_shifts(a, b, sets_a["irrelevant-exclusive"].grid),
     )
 
 

@@ -316,6 +316,8 @@ def test_mine_page_compares_two_cached_results(app_env: Path, mined_pair: tuple[
     expected = result.table("irrelevant-exclusive", nonempty=True)
     assert per_layer["both"].tolist() == expected["both"].tolist()
     assert per_layer["layer"].tolist() == expected["layer"].tolist()
+    references = next(d.value for d in shown if list(d.value.columns) == ["what", "n", "a", "b", "ratio"])
+    assert references["ratio"].tolist() == pytest.approx([r["ratio"] for r in result.references], nan_ok=True)
 
     at.selectbox(key="w.mine.compare.set").set_value("relevant").run()
     assert not at.exception
@@ -327,3 +329,32 @@ def test_mine_page_compares_two_cached_results(app_env: Path, mined_pair: tuple[
     assert not at.exception, [e.value for e in at.exception]
     assert any("Comparing needs two mining results" in i.value for i in at.info)
     assert len(at.get("plotly_chart")) == 3
+
+
+def test_reference_shifts_read_a_shift_against_random_sets_top_neurons_and_scale() -> None:
+    import dataclasses as dc
+
+    from neurorit.compare import reference_shifts
+
+    a = _toy(0)
+    chosen = a.irrelevant_exclusive.grid
+    same = {r["what"]: r for r in reference_shifts(a, a, chosen, draws=50)}
+    assert all(abs(r["ratio"] - 1) < 1e-6 for r in same.values())  # B = A: nothing moved
+    doubled = dc.replace(a, irrelevant_mean=2 * a.irrelevant_mean)
+    rows = {r["what"]: r for r in reference_shifts(a, doubled, chosen, draws=50)}
+    assert all(abs(r["ratio"] - 2) < 1e-6 for r in rows.values())  # a uniform rescale shows in every row
+    flat = a.irrelevant_mean.flatten()
+    top = sorted(flat.tolist(), reverse=True)[:10]
+    row = rows["A's top 10 by irrelevant-view score"] if "A's top 10 by irrelevant-view score" in rows else None
+    assert row is None  # 40 neurons: the default top 100 is capped at the grid
+    capped = rows["A's top 40 by irrelevant-view score"]
+    assert abs(capped["a"] - flat.mean().item()) < 1e-6 * flat.abs().max().item()
+    small = {r["what"]: r for r in reference_shifts(a, a, chosen, draws=50, top=10)}
+    assert abs(small["A's top 10 by irrelevant-view score"]["a"] - sum(top) / 10) < 1e-6 * max(map(abs, top))
+    # the random sets keep the set's per-layer counts: their expected mean is the count-weighted layer means
+    counts = chosen.sum(dim=1).float()
+    expected = float((counts * a.irrelevant_mean.mean(dim=1)).sum() / counts.sum())
+    drawn = reference_shifts(a, a, chosen, draws=2000)[1]
+    spread = float(a.irrelevant_mean.std())
+    assert drawn["what"].startswith("random, same per-layer counts") and drawn["n"] == int(chosen.sum())
+    assert abs(drawn["a"] - expected) < 0.1 * spread

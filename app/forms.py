@@ -27,6 +27,7 @@ from neurorit.training.config import (
 )
 
 WIDGET_PREFIX = "w."
+UNSET = "(unset)"  # the choice standing for None in a select box of an optional field
 
 
 def keep_widget_state() -> None:
@@ -74,15 +75,19 @@ def parse_counts(text: str | None, *, name: str = "counts", allow_empty: bool = 
 def field_widget(c: Any, spec: FieldSpec, key: str, default: Any, *, disabled: bool = False,
                  n_layers: int | None = None) -> Any:
     """One config field's widget, built from its description (neurorit.flags.about); returns the raw value."""
-    common = {"key": init(key, default), "help": spec.help or None, "disabled": disabled}
     meta = spec.meta
-    if spec.kind == "choice":
-        options = ([None] if spec.optional else []) + list(spec.choices)
-        labels = meta.get("labels") or {}
-        fmt = lambda v: labels.get(v, "default" if v is None else str(v))  # noqa: E731
+    labels = meta.get("labels") or {}
+    if spec.kind == "choice":  # None is offered as an option of its own (a None value would show no choice)
+        options = ([UNSET] if spec.optional else []) + list(spec.choices)
+        fmt = lambda v: labels.get(None, "default") if v == UNSET else labels.get(v, str(v))  # noqa: E731
+        common = {"key": init(key, UNSET if default is None else default), "help": spec.help or None,
+                  "disabled": disabled}
         if meta.get("widget") == "radio":
-            return c.radio(spec.label, options, horizontal=True, format_func=fmt, **common)
-        return c.selectbox(spec.label, options, format_func=fmt, **common)
+            raw = c.radio(spec.label, options, horizontal=True, format_func=fmt, **common)
+        else:
+            raw = c.selectbox(spec.label, options, format_func=fmt, **common)
+        return None if raw == UNSET else raw
+    common = {"key": init(key, default), "help": spec.help or None, "disabled": disabled}
     if spec.kind == "bool":
         return c.checkbox(spec.label, **common)
     if spec.kind in ("int", "float"):
@@ -92,6 +97,8 @@ def field_widget(c: Any, spec: FieldSpec, key: str, default: Any, *, disabled: b
         if meta.get("widget") == "slider":
             return c.slider(spec.label, bounds.get("min_value"), bounds.get("max_value"), step=bounds.get("step"),
                             **common)
+        if spec.optional:
+            bounds["placeholder"] = labels.get(None, "none")
         return c.number_input(spec.label, **bounds, **common)
     placeholder = f"all (0-{n_layers - 1})" if spec.kind == "ints" and n_layers else None
     return c.text_input(spec.label, placeholder=placeholder, **common)

@@ -143,7 +143,7 @@ class SelectionRule(DictConfig):
     max_per_layer: int | None = field(default=None, metadata=about(
         "keep at most this many neurons per layer, the most often selected first (ties: the higher mean score): no "
         "single layer fills the set; empty = no cap", label="At most per layer", lo=1, hi=100_000, step=1,
-        omit_default=True, across_examples=True))
+        labels={None: "no cap"}, omit_default=True, across_examples=True))
 
     def __post_init__(self) -> None:
         coerce_fields(self)  # YAML's `threshold: 2e-1` (a string) -> 0.2; a bool is not a number

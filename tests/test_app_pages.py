@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 from streamlit.testing.v1 import AppTest
 
-from app import artifacts, state
+from app import artifacts, forms, state
 
 TIMEOUT = 120
 
@@ -283,6 +283,39 @@ class FakeJob:
 
     def log_tail(self, lines: int = 20) -> str:
         return "log line"
+
+
+def test_mine_page_forms_build_the_spec_it_submits(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sidebar's widgets come from the spec's fields; what they say is what the job receives."""
+    from app import jobs_client
+    from neurorit.mining_spec import AttributionConfig, SelectionRule
+
+    submitted: list[Any] = []
+    monkeypatch.setattr(jobs_client, "submit_mine", lambda examples, spec: submitted.append(spec) or FakeJob("mine-9", "queued"))
+    monkeypatch.setattr(jobs_client, "list_jobs", lambda limit=20: [])
+    at = _page("mine").run()
+    _ok(at)
+    target = at.sidebar.selectbox(key="w.mine.irrelevant_target")
+    assert target.options[0] == "same as the target" and target.value == forms.UNSET  # None, shown as a choice
+    assert at.sidebar.number_input(key="w.mine.keep").disabled  # count only
+    at.sidebar.radio(key="w.mine.mode").set_value("count").run()
+    assert not at.sidebar.number_input(key="w.mine.keep").disabled and at.sidebar.slider(key="w.mine.support").disabled
+    at.sidebar.number_input(key="w.mine.keep").set_value(12)
+    at.sidebar.number_input(key="w.mine.max_per_layer").set_value(3)
+    at.sidebar.number_input(key="w.mine.n_steps").set_value(4)
+    at.sidebar.text_input(key="w.mine.layers").set_value("0-1")
+    at.run()
+    _button(at, "Start mining job").click()
+    at.run()
+    _ok(at)
+    (spec,) = submitted
+    assert spec.selection == SelectionRule(mode="count", keep=12, max_per_layer=3)
+    assert spec.mining == AttributionConfig(n_steps=4, layers=(0, 1))
+    assert spec.irrelevant_target is None and spec.preview is False
+    at.sidebar.selectbox(key="w.mine.irrelevant_target").set_value("own_answer").run()
+    _button(at, "Start mining job").click()
+    at.run()
+    assert submitted[-1].irrelevant_target == "own_answer"
 
 
 def test_mine_page_shows_a_finished_job_and_its_sets(app_env: Path, tiny_llama, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,8 @@ know any particular config.
 
 Why not `transformers.HfArgumentParser`: its flags carry the dataclass defaults, so a flag left
 out would overwrite the config file's value; here a flag left out is absent (None) and the file or
-the field's default stands. It also costs ~0.5 s of imports on every `neurorit` call.
+the field's default stands. Importing it also takes 0.52-0.55 s on this project's 2-core machine,
+where all of `neurorit --help` takes 0.09 s (measured 2026-12-02, idle).
 """
 
 from __future__ import annotations

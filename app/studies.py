@@ -108,6 +108,15 @@ def summary(folder: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
+def pooled(folder: Path) -> pd.DataFrame:
+    """pooled.csv (seeds pooled, paired), dataset names shortened; empty for a study written before it existed."""
+    path = Path(folder) / "pooled.csv"
+    frame = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if "dataset" in frame:
+        frame["dataset"] = frame["dataset"].map(lambda d: Path(str(d)).name)
+    return frame
+
+
 def comparison_frame(table: pd.DataFrame) -> pd.DataFrame:
     """The comparison columns of a results table: each cell and distractor count against RALM and
     the random-mask control (difference, 95 % paired interval, exact McNemar p)."""

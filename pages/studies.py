@@ -123,6 +123,13 @@ if summary.empty:
     state.stop_run()
 st.subheader("Accuracy vs number of distractors")
 st.plotly_chart(accuracy_figure(summary), key="studies.figure")
+seeds_pooled = studies.pooled(chosen.folder)
+if not seeds_pooled.empty:
+    st.subheader("Seeds pooled, paired")
+    st.caption("Each method minus RALM or its random-mask control on the same questions: per question, correctness "
+               "averaged over the seeds both have, then a 95 % paired bootstrap interval over questions (`low`, "
+               "`high`); the McNemar p only where there is one seed.")
+    st.dataframe(seeds_pooled, hide_index=True)
 st.subheader("Comparisons on the same questions")
 st.caption("`vs_ralm_*` and `vs_random_mask_*`: mean accuracy difference with its 95 % paired bootstrap interval and the "
            "exact McNemar p, on the same questions (same dataset, noise, seed and number of distractors).")

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
-from app import state  # noqa: E402
-from app.retrieval import hits_frame  # noqa: E402
-from neurorit.retrieval import Corpus  # noqa: E402
+from app import state
+from app.retrieval import hits_frame
+from neurorit.retrieval import Corpus
 
 
 def test_hits_frame_flags_by_answer():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
-from app import forms, views  # noqa: E402
-from neurorit import store, training  # noqa: E402
-from neurorit.errors import ConfigError  # noqa: E402
-from neurorit.evaluation import EvalReport, ExampleResult  # noqa: E402
-from neurorit.training import StageReport, TrainConfig, TrainReport  # noqa: E402
+from app import forms, views
+from neurorit import store, training
+from neurorit.errors import ConfigError
+from neurorit.evaluation import EvalReport, ExampleResult
+from neurorit.training import StageReport, TrainConfig, TrainReport
 
 TIMEOUT = 120
 

@@ -10,9 +10,7 @@ the tiny model.
 from __future__ import annotations
 
 import json
-import sys
 from html.parser import HTMLParser
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,14 +19,10 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from app import card_view, views  # noqa: E402
-from neurorit.errors import ConfigError  # noqa: E402
-from neurorit.neurons import NeuronSet, parse_neuron  # noqa: E402
-from neurorit.notes import Note  # noqa: E402
+from app import card_view, views
+from neurorit.errors import ConfigError
+from neurorit.neurons import NeuronSet, parse_neuron
+from neurorit.notes import Note
 
 SCRIPT = "<script>alert('x')</script>"
 

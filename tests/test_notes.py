@@ -12,21 +12,16 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from neurorit import notes  # noqa: E402
-from neurorit.errors import ArtifactError, ConfigError  # noqa: E402
-from neurorit.masks import MASK_JSON, NeuronMask  # noqa: E402
-from neurorit.models import ModelIdentity  # noqa: E402
-from neurorit.neurons import NeuronSet, parse_neuron  # noqa: E402
+from neurorit import notes
+from neurorit.errors import ArtifactError, ConfigError
+from neurorit.masks import MASK_JSON, NeuronMask
+from neurorit.models import ModelIdentity
+from neurorit.neurons import NeuronSet, parse_neuron
 
 FP = "0123abcd0123abcd"
 IDENT = ModelIdentity(name="toy", architecture="LlamaForCausalLM", n_layers=3, d_mlp=8, fingerprint=FP)

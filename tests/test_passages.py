@@ -9,7 +9,6 @@ without that passage; the neuron means against run_with_cache; escaping checked 
 from __future__ import annotations
 
 import json
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -30,10 +29,8 @@ from cli_harness import ok, reason, run
 from scale import assert_close_in_scale
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from app import passages_view  # noqa: E402
+from app import passages_view
 
 STEPS = 64  # Gauss-Legendre nodes: the random tiny Llama's path needs ~64 for a gap under 1 %
 

@@ -341,16 +341,11 @@ def test_count_recipe_fields_are_validated_and_keep_old_keys() -> None:
 
 
 def test_studies_page_shows_examples_then_a_finished_study(app_env: Path, tiny_llama_dir: Path) -> None:
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
     from streamlit.testing.v1 import AppTest
 
     from neurorit.study import default_study_dir
 
-    page = str(root / "pages" / "studies.py")
+    page = str(Path(__file__).resolve().parent.parent / "pages" / "studies.py")
     at = AppTest.from_file(page, default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Studies"
@@ -360,12 +355,15 @@ def test_studies_page_shows_examples_then_a_finished_study(app_env: Path, tiny_l
     at.text_area[0].set_value("name: x\nmethods: [ralm, magic]\n").run()
     assert any("magic" in str(e.value) for e in at.error)  # the spec's own message, no traceback
 
-    spec = _tiny_spec(tiny_llama_dir, methods=["ralm"], seeds=[0])
+    spec = _tiny_spec(tiny_llama_dir, methods=["ralm", "random_mask"], seeds=[0], n_distractors=[2])
     run_study(spec, default_study_dir(spec))
     at = AppTest.from_file(page, default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.get("plotly_chart") and len(at.dataframe) >= 2
-    assert "1 of 1 cells done" in " ".join(p.proto.text for p in at.get("progress"))
+    assert at.get("plotly_chart") and len(at.dataframe) >= 3
+    assert "2 of 2 cells done" in " ".join(p.proto.text for p in at.get("progress"))
+    assert "Seeds pooled, paired" in [h.value for h in at.subheader]
+    pooled = next(d.value for d in at.dataframe if "reference" in d.value.columns)
+    assert pooled[["method", "reference"]].values.tolist() == [["ralm", "random_mask"], ["random_mask", "ralm"]]
 
 
 def test_submit_study_runs_as_a_background_job(capsys: pytest.CaptureFixture, tiny_llama_dir: Path,

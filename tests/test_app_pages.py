@@ -46,6 +46,20 @@ def _button(at: AppTest, label: str) -> Any:
     return matches[0]
 
 
+def _click(at: AppTest, label: str) -> None:
+    """Click the button whose label starts with `label`, rerun, and require no exception."""
+    _button(at, label).click()
+    at.run()
+    _ok(at)
+
+
+def _set_ig(at: AppTest, prefix: str, n_steps: int, layers: str) -> None:
+    """The sidebar's IG steps and layers on a page (widget keys w.<prefix>.n_steps / .layers), rerun."""
+    at.sidebar.number_input(key=f"w.{prefix}.n_steps").set_value(n_steps)
+    at.sidebar.text_input(key=f"w.{prefix}.layers").set_value(layers)
+    at.run()
+
+
 def _charts(at: AppTest) -> list[Any]:
     return at.get("plotly_chart")
 
@@ -83,9 +97,7 @@ def test_model_data_page_shows_model_data_example_and_prompt(app_env: Path, tiny
     # edit the question and the answers through the form
     at.text_input[1].set_value("What is the capital of Australia, the country?")  # [0] is the model path
     at.text_area[0].set_value("Canberra\nCanberra, ACT")
-    _button(at, "Apply edits").click()
-    at.run()
-    _ok(at)
+    _click(at, "Apply edits")
     edited = at.session_state[state.EXAMPLES][1]
     assert edited.question == "What is the capital of Australia, the country?"
     assert edited.answers == ("Canberra", "Canberra, ACT")
@@ -93,13 +105,9 @@ def test_model_data_page_shows_model_data_example_and_prompt(app_env: Path, tiny
 
     # add a distractor, then revert to the dataset's version
     n_before = len(edited.passages)
-    _button(at, "Add a distractor").click()
-    at.run()
-    _ok(at)
+    _click(at, "Add a distractor")
     assert len(at.session_state[state.EXAMPLES][1].passages) == n_before + 1
-    _button(at, "Revert").click()
-    at.run()
-    _ok(at)
+    _click(at, "Revert")
     assert at.session_state[state.EXAMPLES][1] == at.session_state[state.ORIGINAL_EXAMPLES][1]
 
 
@@ -115,9 +123,7 @@ def test_model_data_page_reports_a_bad_model_and_a_bad_file(app_env: Path, tmp_p
     at = _page("model_data").run()
     at.radio(key="w.data.source").set_value("File on disk").run()
     at.text_input(key="w.data.path").set_value(str(bad))
-    _button(at, "Load the file").click()
-    at.run()
-    _ok(at)
+    _click(at, "Load the file")
     assert any("line 1" in e.value and "answers is empty" in e.value for e in at.error)
 
 
@@ -129,17 +135,13 @@ def test_model_data_page_loads_an_uploaded_dataset(app_env: Path) -> None:
     at.radio(key="w.data.source").set_value("Upload").run()
     at.get("file_uploader")[0].set_value(("my-flashrag.jsonl", lines, "application/json"))
     at.run()
-    _button(at, "Load the upload").click()
-    at.run()
-    _ok(at)
+    _click(at, "Load the upload")
     assert "my-flashrag.jsonl (2 examples)" in _text(at)
     assert at.session_state[state.EXAMPLES][1].passages == demo_examples()[1].passages  # flags survive
 
     at.get("file_uploader")[0].set_value(("bad.jsonl", b"not json\n", "application/json"))
     at.run()
-    _button(at, "Load the upload").click()
-    at.run()
-    _ok(at)
+    _click(at, "Load the upload")
     assert any("line 1 is not valid JSON" in e.value for e in at.error)
 
 
@@ -148,9 +150,7 @@ def test_explore_page_preview_then_save_a_mask(app_env: Path) -> None:
     _ok(at)
     assert "Run the preview" in _text(at)
     assert at.sidebar.number_input(key="w.explore.n_steps").value == 20
-    _button(at, "Run preview").click()
-    at.run()
-    _ok(at)
+    _click(at, "Run preview")
     text = _text(at)
     assert "Showing the preview result" in text
     assert {m.label for m in at.metric} >= {"relevant", "irrelevant", "irrelevant-exclusive", "relevant-exclusive", "shared"}
@@ -163,21 +163,15 @@ def test_explore_page_preview_then_save_a_mask(app_env: Path) -> None:
     assert shared["example_id"] == "demo-01" and "irrelevant-exclusive" in shared["sets"]
 
     # the IG run with a layer subset; its gap badge
-    at.sidebar.number_input(key="w.explore.n_steps").set_value(3)
-    at.sidebar.text_input(key="w.explore.layers").set_value("1")
-    at.run()
-    _button(at, "Run IG (m = 3)").click()
-    at.run()
-    _ok(at)
+    _set_ig(at, "explore", 3, "1")
+    _click(at, "Run IG (m = 3)")
     assert "Showing the IG result" in _text(at) and "on layers 1" in _text(at)
 
     # save the example's irrelevant-exclusive set (switch to top-k so it is never empty)
     at.sidebar.radio(key="w.explore.mode").set_value("top_k").run()
     at.sidebar.number_input(key="w.explore.top_k").set_value(10)
     at.run()
-    _button(at, "Save as a mask").click()
-    at.run()
-    _ok(at)
+    _click(at, "Save as a mask")
     saved = [s.value for s in at.success]
     assert saved and saved[0].startswith("Saved mask"), _text(at)
     entries = artifacts.list_masks()
@@ -208,9 +202,7 @@ def test_ablate_page_hand_picked_what_if_batch_and_save(app_env: Path) -> None:
     unmasked = at.dataframe[0].value  # computed on arrival, before any mask
     assert list(unmasked.columns) == ["view", "answer", "gold_logprob"] and list(unmasked.view) == ["relevant", "noisy", "irrelevant"]
     assert "The model without a mask: 3 view(s)" in str([e.proto.label for e in at.expander])
-    _button(at, "Run what-if").click()
-    at.run()
-    _ok(at)
+    _click(at, "Run what-if")
     frame = at.dataframe[1].value
     assert list(frame.view) == ["relevant", "noisy", "irrelevant"]
     assert list(frame.answer_before) == list(unmasked.answer)  # the what-if reused the unmasked side
@@ -219,16 +211,12 @@ def test_ablate_page_hand_picked_what_if_batch_and_save(app_env: Path) -> None:
 
     at.number_input(key="w.ablate.batch_n").set_value(2)
     at.run()
-    _button(at, "Run the batch (2 examples)").click()
-    at.run()
-    _ok(at)
+    _click(at, "Run the batch (2 examples)")
     table = at.dataframe[2].value
     assert {"accuracy_base", "accuracy_masked", "accuracy_control"} <= set(table.columns)
     assert any("Accuracy without the mask" in str(c.proto.spec) for c in _charts(at))
 
-    _button(at, "Save the mask").click()
-    at.run()
-    _ok(at)
+    _click(at, "Save the mask")
     assert at.success[0].value.startswith("Saved mask")
     assert artifacts.list_masks()[0].meta["provenance"]["neurons"] == ["0:1", "1:2", "1:40"]
 
@@ -302,12 +290,8 @@ def test_mine_page_forms_build_the_spec_it_submits(app_env: Path, monkeypatch: p
     assert not at.sidebar.number_input(key="w.mine.keep").disabled and at.sidebar.slider(key="w.mine.support").disabled
     at.sidebar.number_input(key="w.mine.keep").set_value(12)
     at.sidebar.number_input(key="w.mine.max_per_layer").set_value(3)
-    at.sidebar.number_input(key="w.mine.n_steps").set_value(4)
-    at.sidebar.text_input(key="w.mine.layers").set_value("0-1")
-    at.run()
-    _button(at, "Start mining job").click()
-    at.run()
-    _ok(at)
+    _set_ig(at, "mine", 4, "0-1")
+    _click(at, "Start mining job")
     (spec,) = submitted
     assert spec.selection == SelectionRule(mode="count", keep=12, max_per_layer=3)
     assert spec.mining == AttributionConfig(n_steps=4, layers=(0, 1))
@@ -355,9 +339,7 @@ def test_mine_page_runs_a_real_background_job(app_env: Path) -> None:
     at.number_input(key="w.mine.sample_n").set_value(2)
     at.sidebar.number_input(key="w.mine.n_steps").set_value(2)
     at.run()
-    _button(at, "Start mining job (2 examples)").click()
-    at.run()
-    _ok(at)
+    _click(at, "Start mining job (2 examples)")
     job_id = at.session_state["neurorit.mine.job"]
     job = jobs.wait(job_id, timeout=300)
     assert job.state == "done", job.error + job.log_tail()
@@ -394,24 +376,18 @@ def test_masks_page_lists_downloads_uploads_compares_and_bakes(app_env: Path, ti
     zipped = artifacts.mask_zip_bytes(folder)
     at.get("file_uploader")[0].set_value(("mask.zip", zipped, "application/zip"))
     at.run()
-    _button(at, "Validate and import").click()
-    at.run()
-    _ok(at)
+    _click(at, "Validate and import")
     assert any("imported and valid for tiny-llama" in s.value for s in at.success), _text(at)
 
     # a garbage upload is refused with a message
     at.get("file_uploader")[0].set_value(("mask.zip", b"garbage", "application/zip"))
     at.run()
-    _button(at, "Validate and import").click()
-    at.run()
-    _ok(at)
+    _click(at, "Validate and import")
     assert any("Upload refused" in e.value and "not a readable zip" in e.value for e in at.error)
 
     # bake the picked mask into a checkpoint folder
     out = tmp_path / "baked"
     at.text_input(key=f"masks.out.{artifacts.list_masks()[0].key}").set_value(str(out))
-    _button(at, "Export the baked checkpoint").click()
-    at.run()
-    _ok(at)
+    _click(at, "Export the baked checkpoint")
     assert any(s.value.startswith("Baked") for s in at.success), _text(at)
     assert (out / "config.json").is_file() and (out / "neurorit_mask.json").is_file()
